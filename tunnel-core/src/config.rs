@@ -1,0 +1,81 @@
+//! Tunables shared by the roles, with their defaults, units and memory cost.
+
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// yamux gives every stream an initial receive window of this size; the connection window
+/// must cover one per stream or yamux panics, so [`Limits`] checks it up front.
+const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
+
+/// Per-session multiplexing limits. Both ends of a session should use the same values:
+/// yamux ends a whole session whose peer opens more streams than its own limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub(crate) max_streams: usize,
+    pub(crate) receive_window: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_streams: 128, receive_window: 32 * 1024 * 1024 }
+    }
+}
+
+impl Limits {
+    /// Most concurrent streams on one session (default 128). Opening more fails that one
+    /// stream with `unavailable`. Each idle stream costs a few hundred bytes.
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n;
+        self
+    }
+    /// Most bytes buffered for reading across all streams of one session (default 32 MiB).
+    /// This is the per-session memory a peer can make us hold; it must be at least
+    /// `max_streams × 256 KiB` (yamux's initial per-stream window).
+    pub fn receive_window(mut self, bytes: usize) -> Self {
+        self.receive_window = bytes;
+        self
+    }
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_streams == 0 || self.max_streams > 4096 {
+            return Err(ConfigError::Invalid(format!(
+                "max_streams {} out of range 1..=4096",
+                self.max_streams
+            )));
+        }
+        let min = self.max_streams * YAMUX_STREAM_WINDOW;
+        if self.receive_window < min {
+            return Err(ConfigError::Invalid(format!(
+                "receive_window {} is below max_streams × 256 KiB = {min}",
+                self.receive_window
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How often clients ping the relay by default. A dead peer is noticed within three
+/// intervals (15 s), well under ssh's 45 s and under common NAT idle timeouts (30 s+).
+pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Lowest accepted heartbeat interval: below this the pings cost more than they tell.
+pub(crate) const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
+/// Missed intervals after which a peer counts as dead.
+pub(crate) const HEARTBEAT_MISSES: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Limits::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_window_too_small_for_the_stream_count_is_refused_not_a_panic() {
+        let err = Limits::default().max_streams(512).validate().unwrap_err();
+        assert!(err.to_string().contains("below"), "{err}");
+        Limits::default().max_streams(512).receive_window(128 << 20).validate().unwrap();
+        assert!(Limits::default().max_streams(0).validate().is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! The access side: a [`Dialer`] holds one session with the relay and opens streams to
+//! device services over it, like `TcpStream::connect`.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::debug;
+
+use crate::client::{ClientConfig, Connected, HelloRequest, connect};
+use crate::error::{ConnectError, DialError};
+use crate::mux::Session;
+use crate::protocol::{self, MAX_FRAME_LEN, MAX_HEADER_LEN, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode};
+use crate::stream::Stream;
+
+/// One device as listed by [`Dialer::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceInfo {
+    /// The device ID.
+    pub device: String,
+    /// Whether it is connected to the relay right now.
+    pub online: bool,
+    /// The services it declared that this credential may open (empty when offline and
+    /// never seen since the relay started).
+    pub services: Vec<String>,
+}
+
+/// An access client: opens streams to `(device, service)` through the relay.
+///
+/// All streams share one multiplexed TLS session; opening a stream costs one round trip,
+/// with no new TCP or TLS handshake. If the session is lost, the next call reconnects.
+/// Cheap to clone.
+///
+/// ```no_run
+/// # async fn run(pin: tunnel_core::SpkiPin) -> Result<(), Box<dyn std::error::Error>> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use tunnel_core::{ClientConfig, Dialer, Token};
+/// let dialer = Dialer::connect(ClientConfig::new("relay.example.com:7835", pin).token(Token::new("tun_…"))).await?;
+/// let mut stream = dialer.dial("pi-42", "web").await?;
+/// stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+/// stream.shutdown().await?; // half-close: the device still answers
+/// let mut page = Vec::new();
+/// stream.read_to_end(&mut page).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: ClientConfig,
+    session: Mutex<Option<Session>>,
+}
+
+impl Dialer {
+    /// Connects and authenticates to the relay.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ConnectError> {
+        let session = open_session(&config).await?;
+        Ok(Self { inner: Arc::new(Inner { config, session: Mutex::new(Some(session)) }) })
+    }
+
+    /// Opens a stream to `service` on `device`. Fails with a typed error when the
+    /// credential may not, the device is offline, the service is unknown, or the device
+    /// could not reach its local target; the session stays usable either way.
+    pub async fn dial(&self, device: &str, service: &str) -> Result<Stream, DialError> {
+        for name in [device, service] {
+            if !protocol::is_valid_name(name) {
+                return Err(DialError::InvalidName(name.to_owned()));
+            }
+        }
+        let header = Message::Open { device: device.to_owned(), service: service.to_owned() };
+        let (mut stream, reply) = self.request(&header, MAX_HEADER_LEN).await?;
+        match reply {
+            Message::Status { code: StatusCode::Ok, .. } => Ok(stream),
+            Message::Status { code, message } => {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+                Err(status_error(code, message))
+            }
+            other => Err(DialError::Protocol(format!("expected status, got {}", other.name()))),
+        }
+    }
+
+    /// Lists the devices this credential may reach, online or not.
+    pub async fn list(&self) -> Result<Vec<DeviceInfo>, DialError> {
+        match self.request(&Message::List, MAX_FRAME_LEN).await?.1 {
+            Message::DeviceList(entries) => Ok(entries
+                .into_iter()
+                .map(|e| DeviceInfo { device: e.device, online: e.online, services: e.services })
+                .collect()),
+            Message::Status { code, message } => Err(status_error(code, message)),
+            other => Err(DialError::Protocol(format!("expected device list, got {}", other.name()))),
+        }
+    }
+
+    /// Closes the session with the relay. Open streams are cut.
+    pub async fn close(&self) {
+        if let Some(s) = self.inner.session.lock().await.take() {
+            s.close();
+            s.closed().await;
+        }
+    }
+
+    /// Opens a stream, writes `header` and reads the relay's answer.
+    async fn request(&self, header: &Message, max_reply: usize) -> Result<(Stream, Message), DialError> {
+        let session = self.session().await?;
+        let raw = session.open().await.map_err(|e| DialError::ConnectionLost(e.to_string()))?;
+        let mut stream = Stream::new(raw.compat(), session.state.clone());
+        let exchange = async {
+            protocol::write_frame(&mut stream, header).await?;
+            protocol::read_frame(&mut stream, max_reply).await
+        };
+        match tokio::time::timeout(STREAM_OPEN_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) => Ok((stream, reply)),
+            Ok(Err(protocol::FrameError::Io(e))) => Err(DialError::ConnectionLost(e.to_string())),
+            Ok(Err(e)) => Err(DialError::Protocol(e.to_string())),
+            Err(_) => Err(DialError::Timeout),
+        }
+    }
+
+    /// The live session, reconnecting if the previous one died.
+    async fn session(&self) -> Result<Session, ConnectError> {
+        let mut slot = self.inner.session.lock().await;
+        if let Some(s) = slot.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        debug!("session lost; reconnecting");
+        let fresh = open_session(&self.inner.config).await?;
+        *slot = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+async fn open_session(config: &ClientConfig) -> Result<Session, ConnectError> {
+    let hello = HelloRequest { role: Role::Access, device: String::new(), services: vec![], public: vec![] };
+    // The relay never opens streams towards an access client: dropping the inbound side
+    // makes the driver reset any it tries.
+    let Connected { session, .. } = connect(config, hello).await?;
+    Ok(session)
+}
+
+fn status_error(code: StatusCode, message: String) -> DialError {
+    match code {
+        StatusCode::Denied => DialError::Denied(message),
+        StatusCode::DeviceOffline => DialError::DeviceOffline(message),
+        StatusCode::UnknownService => DialError::UnknownService(message),
+        StatusCode::TargetRefused => DialError::TargetRefused(message),
+        StatusCode::Unavailable => DialError::Unavailable(message),
+        StatusCode::BadRequest | StatusCode::Ok => DialError::Protocol(message),
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The heartbeat task holds a handle too; close explicitly so the session ends.
+        if let Some(s) = self.session.get_mut() {
+            s.close();
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The device side: a [`Listener`] stays connected to the relay (reconnecting with backoff)
+//! and yields the streams that callers open to this device's services.
+
+use std::io;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::{Instrument, debug, info, warn};
+
+use crate::client::{ClientConfig, Connected, HelloRequest, connect};
+use crate::error::{ConfigError, ConnectError};
+use crate::mux::Session;
+use crate::protocol::{self, MAX_HEADER_LEN, MAX_SERVICES, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode};
+use crate::stream::Stream;
+
+/// Incoming streams waiting for [`Listener::accept`]; beyond this, callers get `unavailable`.
+const ACCEPT_QUEUE: usize = 64;
+/// First reconnect delay; doubled after each failed attempt up to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest reconnect delay: a relay back from a restart sees its devices within this time.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A session that lived this long resets the backoff, so the next loss retries at once.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// What a device declares to the relay.
+#[derive(Debug, Clone)]
+pub struct DeviceConfig {
+    client: ClientConfig,
+    device: String,
+    services: Vec<String>,
+    public: Vec<(String, u16)>,
+}
+
+impl DeviceConfig {
+    /// A device registering as `device` through the relay described by `client`.
+    pub fn new(client: ClientConfig, device: impl Into<String>) -> Self {
+        Self { client, device: device.into(), services: vec![], public: vec![] }
+    }
+    /// Declares a service by name (`ssh`, `web`); only declared services can be opened.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.services.push(name.into());
+        self
+    }
+    /// Asks the relay to publish a declared service on `port` (0 = any port of the relay's
+    /// allowed range). Registration fails if the relay or the credential does not allow it.
+    pub fn public(mut self, service: impl Into<String>, port: u16) -> Self {
+        self.public.push((service.into(), port));
+        self
+    }
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |what: &str, v: &str| ConfigError::Invalid(format!("invalid {what} {v:?}: want 1-63 characters of A-Z a-z 0-9 . _ -"));
+        if !protocol::is_valid_name(&self.device) {
+            return Err(bad("device id", &self.device));
+        }
+        if self.services.is_empty() || self.services.len() > MAX_SERVICES {
+            return Err(ConfigError::Invalid(format!("declare 1 to {MAX_SERVICES} services")));
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if !protocol::is_valid_name(s) {
+                return Err(bad("service name", s));
+            }
+            if self.services[..i].contains(s) {
+                return Err(ConfigError::Invalid(format!("service {s:?} declared twice")));
+            }
+        }
+        for (s, _) in &self.public {
+            if !self.services.contains(s) {
+                return Err(ConfigError::Invalid(format!("public port for undeclared service {s:?}")));
+            }
+        }
+        Ok(())
+    }
+    fn hello(&self) -> HelloRequest {
+        HelloRequest {
+            role: Role::Device,
+            device: self.device.clone(),
+            services: self.services.clone(),
+            public: self.public.clone(),
+        }
+    }
+}
+
+/// The listener's connection to the relay, as last observed. Never reports `Connected`
+/// for a session that is known to be dead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerState {
+    /// Registered with the relay; `public` lists the published `(service, port)` pairs.
+    Connected {
+        /// Public ports the relay bound for this device.
+        public: Vec<(String, u16)>,
+    },
+    /// Not connected; retrying. `last_error` says why the last attempt or session failed.
+    Reconnecting {
+        /// Why the previous session ended or the last attempt failed.
+        last_error: String,
+    },
+    /// Stopped by [`Listener::close`] or by dropping the listener.
+    Stopped,
+}
+
+/// A device's presence on the relay, like a `TcpListener`: [`accept`](Self::accept) yields
+/// each stream a caller opens to one of the declared services.
+///
+/// The listener reconnects by itself after any failure (exponential backoff from 0.5 s to
+/// 30 s with jitter) and re-registers; [`accept`](Self::accept) keeps working across
+/// reconnects. Dropping the listener disconnects.
+///
+/// ```no_run
+/// # async fn run(pin: tunnel_core::SpkiPin) -> Result<(), Box<dyn std::error::Error>> {
+/// use tunnel_core::{ClientConfig, DeviceConfig, Listener, Token};
+/// let client = ClientConfig::new("relay.example.com:7835", pin).token(Token::new("tun_…"));
+/// let listener = Listener::bind(DeviceConfig::new(client, "pi-42").service("ssh")).await?;
+/// while let Some(incoming) = listener.accept().await {
+///     println!("{} wants {}", incoming.caller(), incoming.service());
+///     let stream = incoming.accept().await?; // or .refuse(..) / forward it somewhere
+///     # drop(stream);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Listener {
+    incoming: Mutex<mpsc::Receiver<Incoming>>,
+    state: watch::Receiver<ListenerState>,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+    device: String,
+}
+
+impl std::fmt::Debug for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener").field("device", &self.device).field("state", &*self.state.borrow()).finish()
+    }
+}
+
+impl Listener {
+    /// Connects to the relay and registers the device. Fails at once on errors that
+    /// retrying cannot fix (bad credential or certificate, forbidden device ID or public
+    /// port, invalid configuration); on other errors (relay unreachable) it returns a
+    /// listener that keeps retrying in the background.
+    pub async fn bind(config: DeviceConfig) -> Result<Self, ConnectError> {
+        config.validate()?;
+        let first = match connect(&config.client, config.hello()).await {
+            Ok(c) => Ok(c),
+            Err(e) if e.is_permanent() => return Err(e),
+            Err(e) => Err(e),
+        };
+        let initial = match &first {
+            Ok(c) => ListenerState::Connected { public: c.public.clone() },
+            Err(e) => ListenerState::Reconnecting { last_error: e.to_string() },
+        };
+        let (state_tx, state_rx) = watch::channel(initial);
+        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
+        let stop = CancellationToken::new();
+        let device = config.device.clone();
+        let supervisor = Supervisor { config, state: state_tx, incoming: tx, stop: stop.clone() };
+        let span = tracing::info_span!("device", device = %device);
+        tokio::spawn(supervisor.run(first.ok()).instrument(span));
+        Ok(Self {
+            incoming: Mutex::new(rx),
+            state: state_rx,
+            _stop_on_drop: stop.clone().drop_guard(),
+            stop,
+            device,
+        })
+    }
+
+    /// Waits for the next stream a caller opened. Returns `None` once the listener is closed.
+    pub async fn accept(&self) -> Option<Incoming> {
+        let mut rx = self.incoming.lock().await;
+        tokio::select! {
+            next = rx.recv() => next,
+            () = self.stop.cancelled() => None,
+        }
+    }
+
+    /// The current connection state.
+    pub fn state(&self) -> ListenerState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every state change (for health checks and UIs).
+    pub fn watch_state(&self) -> watch::Receiver<ListenerState> {
+        self.state.clone()
+    }
+
+    /// Waits until the listener is connected, or until `timeout`.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<Vec<(String, u16)>, ConnectError> {
+        let mut rx = self.state.clone();
+        let wait = rx.wait_for(|s| !matches!(s, ListenerState::Reconnecting { .. }));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) => match &*s {
+                ListenerState::Connected { public } => Ok(public.clone()),
+                _ => Err(ConnectError::Protocol("listener stopped".into())),
+            },
+            _ => Err(ConnectError::Timeout),
+        }
+    }
+
+    /// Disconnects from the relay and stops reconnecting. Streams already accepted go on.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// A caller wants one of this device's services. Answer with [`accept`](Self::accept) or
+/// [`refuse`](Self::refuse) promptly: the relay waits at most 15 s. Dropping it resets the
+/// caller's stream.
+pub struct Incoming {
+    service: String,
+    caller: String,
+    peer: Option<String>,
+    stream: Stream,
+}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("service", &self.service)
+            .field("caller", &self.caller)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+/// Why a device refuses an incoming stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The local service could not be reached (port closed, host down).
+    TargetRefused,
+    /// The device does not offer this service.
+    UnknownService,
+    /// The device's own policy refuses this caller.
+    Denied,
+    /// The device is busy; the caller may retry.
+    Unavailable,
+}
+
+impl Incoming {
+    /// The service name the caller asked for.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+    /// The caller's identity name at the relay, or `public` for a public-port connection.
+    pub fn caller(&self) -> &str {
+        &self.caller
+    }
+    /// For a public-port connection, the remote `ip:port` the relay saw.
+    pub fn peer(&self) -> Option<&str> {
+        self.peer.as_deref()
+    }
+    /// Accepts: the caller's open succeeds, and bytes flow.
+    pub async fn accept(mut self) -> io::Result<Stream> {
+        answer(&mut self.stream, StatusCode::Ok, "").await?;
+        Ok(self.stream)
+    }
+    /// Refuses: the caller's open fails with the matching error and `message`.
+    pub async fn refuse(mut self, why: Refusal, message: &str) -> io::Result<()> {
+        let code = match why {
+            Refusal::TargetRefused => StatusCode::TargetRefused,
+            Refusal::UnknownService => StatusCode::UnknownService,
+            Refusal::Denied => StatusCode::Denied,
+            Refusal::Unavailable => StatusCode::Unavailable,
+        };
+        answer(&mut self.stream, code, message).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await
+    }
+}
+
+async fn answer(stream: &mut Stream, code: StatusCode, message: &str) -> io::Result<()> {
+    let msg = Message::Status { code, message: message.to_owned() };
+    protocol::write_frame(stream, &msg).await.map_err(|e| match e {
+        protocol::FrameError::Io(io) => io,
+        other => io::Error::other(other),
+    })
+}
+
+/// Owns the connection to the relay: connects, hands out incoming streams, reconnects.
+struct Supervisor {
+    config: DeviceConfig,
+    state: watch::Sender<ListenerState>,
+    incoming: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(self, mut connected: Option<Connected>) {
+        let mut failures: u32 = 0;
+        loop {
+            let conn = match connected.take() {
+                Some(c) => Ok(c),
+                None => connect(&self.config.client, self.config.hello()).await,
+            };
+            match conn {
+                Ok(c) => {
+                    info!(identity = c.identity, public = ?c.public, "registered with the relay");
+                    self.state.send_replace(ListenerState::Connected { public: c.public.clone() });
+                    let started = tokio::time::Instant::now();
+                    let reason = self.serve(c).await;
+                    if self.stop.is_cancelled() {
+                        break;
+                    }
+                    warn!(reason, "session with the relay lost; reconnecting");
+                    self.state.send_replace(ListenerState::Reconnecting { last_error: reason });
+                    if started.elapsed() >= STABLE_SESSION {
+                        failures = 0;
+                    }
+                }
+                Err(e) => {
+                    if e.is_permanent() {
+                        warn!(error = %e, "relay refused this device; retrying at the slowest pace");
+                        failures = failures.max(16);
+                    } else {
+                        info!(error = %e, "cannot reach the relay; retrying");
+                    }
+                    self.state.send_replace(ListenerState::Reconnecting { last_error: e.to_string() });
+                }
+            }
+            let delay = backoff(failures);
+            failures = failures.saturating_add(1);
+            debug!(?delay, "waiting before reconnecting");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.stop.cancelled() => break,
+            }
+        }
+        self.state.send_replace(ListenerState::Stopped);
+    }
+
+    /// Hands out the session's incoming streams until it ends; returns why it ended.
+    async fn serve(&self, c: Connected) -> String {
+        let Connected { session, mut inbound, .. } = c;
+        loop {
+            tokio::select! {
+                raw = inbound.recv() => {
+                    let Some(raw) = raw else { break };
+                    let stream = Stream::new(raw.compat(), session.state.clone());
+                    tokio::spawn(read_incoming(stream, self.config.services.clone(), self.incoming.clone()).in_current_span());
+                }
+                () = session.closed() => break,
+                () = self.stop.cancelled() => {
+                    session.close();
+                    return "stopped".into();
+                }
+            }
+        }
+        session_end_reason(&session)
+    }
+}
+
+fn session_end_reason(session: &Session) -> String {
+    if session.is_closed() { "session closed (relay gone, heartbeat lost or replaced)".into() } else { "session ended".into() }
+}
+
+/// Reads the relay's `Incoming` header, refuses undeclared services on the device's own
+/// authority, and queues the rest for `accept`.
+async fn read_incoming(mut stream: Stream, services: Vec<String>, queue: mpsc::Sender<Incoming>) {
+    let header = tokio::time::timeout(STREAM_OPEN_TIMEOUT, protocol::read_frame(&mut stream, MAX_HEADER_LEN)).await;
+    let Ok(Ok(Message::Incoming { service, caller, peer })) = header else {
+        return debug!("bad or missing incoming header; dropping stream");
+    };
+    if !services.contains(&service) {
+        let _ = answer(&mut stream, StatusCode::UnknownService, &format!("no service {service} here")).await;
+        return;
+    }
+    let peer = (!peer.is_empty()).then_some(peer);
+    debug!(%service, %caller, ?peer, "incoming stream");
+    let incoming = Incoming { service, caller, peer, stream };
+    if let Err(mpsc::error::TrySendError::Full(mut refused)) = queue.try_send(incoming) {
+        let _ = answer(&mut refused.stream, StatusCode::Unavailable, "device accept queue full").await;
+    }
+}
+
+/// Exponential backoff with jitter: half the delay fixed, half random, so that a fleet
+/// reconnecting after a relay restart spreads out.
+fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
+    let half = exp / 2;
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+    half + half.mul_f64(frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_stays_jittered() {
+        for f in 0..40 {
+            let d = backoff(f);
+            let exp = BACKOFF_BASE.saturating_mul(1u32 << f.min(10)).min(BACKOFF_MAX);
+            assert!(d >= exp / 2 && d <= exp, "{f}: {d:?}");
+        }
+        let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
+        assert!(samples.len() > 1, "jitter must vary the delay");
+    }
+
+    #[test]
+    fn device_config_rejects_bad_names_and_undeclared_public_services() {
+        let pin: crate::SpkiPin = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
+        let client = ClientConfig::new("relay:1", pin);
+        assert!(DeviceConfig::new(client.clone(), "pi 42").service("ssh").validate().is_err());
+        assert!(DeviceConfig::new(client.clone(), "pi").validate().is_err());
+        assert!(DeviceConfig::new(client.clone(), "pi").service("ssh").service("ssh").validate().is_err());
+        assert!(DeviceConfig::new(client.clone(), "pi").service("ssh").public("web", 0).validate().is_err());
+        DeviceConfig::new(client, "pi").service("ssh").public("ssh", 0).validate().unwrap();
+    }
+}

@@ -1,0 +1,260 @@
+//! The yamux session driver: one private task owns the `yamux::Connection` and does all of
+//! its I/O; [`Session`] is the cheap handle that opens streams and closes the session.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug};
+
+use crate::config::Limits;
+use crate::protocol::STREAM_OPEN_TIMEOUT;
+
+/// Streams the peer opened that we have not accepted yet; beyond this, new ones are reset.
+/// Matches yamux's ACK backlog, so a well-behaved peer never hits it.
+const ACCEPT_BACKLOG: usize = 256;
+/// Size of the write buffer between yamux and TLS: one yamux frame (header + body of
+/// `SPLIT_SEND_SIZE`) fits, so each frame becomes one TLS record instead of two.
+const WRITE_BUFFER: usize = 16 * 1024;
+/// Largest yamux data frame body: header (12 bytes) + body fill one 16 KiB TLS record.
+const SPLIT_SEND_SIZE: usize = 16 * 1024 - 12;
+/// How long a graceful close may take to flush the GoAway before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Commands queued to the driver; each open request waits its turn here.
+const COMMAND_QUEUE: usize = 64;
+/// Iterations of the driver loop before it yields to the scheduler.
+const POLL_BUDGET: usize = 64;
+
+/// An open request could not be served.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    #[error("session closed")]
+    Closed,
+    #[error("too many streams on this session")]
+    TooManyStreams,
+    #[error("timed out waiting for a stream slot")]
+    Timeout,
+}
+
+enum Command {
+    Open(oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>),
+}
+
+/// State shared by the handle, the driver and every stream of one session.
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    /// Set as soon as the connection under yamux fails or the session is closed, *before*
+    /// yamux wakes the streams; a stream reading end-of-stream after that reports an error.
+    dead: AtomicBool,
+}
+
+impl SessionState {
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+    fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Release);
+    }
+}
+
+/// Handle to one yamux session. Cloning is cheap; the session ends when [`Session::close`]
+/// is called, the peer goes away, or every handle and the inbound receiver are dropped.
+#[derive(Clone, Debug)]
+pub(crate) struct Session {
+    commands: mpsc::Sender<Command>,
+    close: CancellationToken,
+    done: watch::Receiver<bool>,
+    pub(crate) state: Arc<SessionState>,
+}
+
+/// Streams opened by the peer.
+pub(crate) type Inbound = mpsc::Receiver<yamux::Stream>;
+
+impl Session {
+    /// Starts the driver task for an authenticated connection.
+    pub(crate) fn spawn<T>(io: T, limits: &Limits, mode: yamux::Mode, span: tracing::Span) -> (Self, Inbound)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let state = Arc::new(SessionState { dead: AtomicBool::new(false) });
+        let io = Watched { inner: BufWriter::with_capacity(WRITE_BUFFER, io), state: state.clone() };
+        let conn = yamux::Connection::new(io.compat(), yamux_config(limits), mode);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
+        let (done_tx, done_rx) = watch::channel(false);
+        let close = CancellationToken::new();
+        let driver = Driver { conn, commands: cmd_rx, inbound: in_tx, state: state.clone() };
+        let close2 = close.clone();
+        tokio::spawn(
+            async move {
+                driver.run(close2).await;
+                let _ = done_tx.send(true);
+            }
+            .instrument(span),
+        );
+        (Self { commands: cmd_tx, close, done: done_rx, state }, in_rx)
+    }
+
+    /// Opens a stream. The peer sees it only once something is written on it; it waits
+    /// while 256 opened streams are still unacknowledged, up to [`STREAM_OPEN_TIMEOUT`].
+    pub(crate) async fn open(&self) -> Result<yamux::Stream, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        let request = async {
+            self.commands.send(Command::Open(tx)).await.map_err(|_| OpenError::Closed)?;
+            match rx.await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(yamux::ConnectionError::TooManyStreams)) => Err(OpenError::TooManyStreams),
+                Ok(Err(_)) | Err(_) => Err(OpenError::Closed),
+            }
+        };
+        tokio::time::timeout(STREAM_OPEN_TIMEOUT, request).await.map_err(|_| OpenError::Timeout)?
+    }
+
+    /// Asks the driver to close the session (GoAway, then the socket). Returns at once.
+    pub(crate) fn close(&self) {
+        self.state.mark_dead();
+        self.close.cancel();
+    }
+
+    /// Waits until the driver has stopped.
+    pub(crate) async fn closed(&self) {
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.done.borrow() || self.state.is_dead()
+    }
+}
+
+fn yamux_config(limits: &Limits) -> yamux::Config {
+    let mut cfg = yamux::Config::default();
+    // Order matters: yamux asserts window >= streams * 256 KiB on every setter call, so
+    // shrink the stream count before the window. `Limits` validated the pair already.
+    cfg.set_max_num_streams(limits.max_streams);
+    cfg.set_max_connection_receive_window(Some(limits.receive_window));
+    cfg.set_split_send_size(SPLIT_SEND_SIZE);
+    cfg
+}
+
+struct Driver<T> {
+    conn: yamux::Connection<T>,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<yamux::Stream>,
+    state: Arc<SessionState>,
+}
+
+impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
+    async fn run(mut self, close: CancellationToken) {
+        let outcome = tokio::select! {
+            outcome = self.serve() => outcome,
+            () = close.cancelled() => {
+                let closing = std::future::poll_fn(|cx| self.conn.poll_close(cx));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+                "closed locally".to_owned()
+            }
+        };
+        self.state.mark_dead();
+        debug!(outcome, "session ended");
+    }
+
+    /// Serves open requests and inbound streams in one poll loop: `poll_next_inbound` does
+    /// all reading and writing, so it is polled on every turn, and an open waiting for the
+    /// ACK backlog sees the ACKs that release it.
+    async fn serve(&mut self) -> String {
+        let mut pending: Option<oneshot::Sender<_>> = None;
+        let mut commands_open = true;
+        std::future::poll_fn(|cx| {
+            for _ in 0..POLL_BUDGET {
+                if pending.is_none() && commands_open {
+                    match self.commands.poll_recv(cx) {
+                        Poll::Ready(Some(Command::Open(tx))) => pending = Some(tx),
+                        Poll::Ready(None) => commands_open = false,
+                        Poll::Pending => {}
+                    }
+                }
+                if pending.as_ref().is_some_and(|tx| tx.is_closed()) {
+                    pending = None; // the caller gave up
+                    continue;
+                }
+                if pending.is_some() {
+                    if let Poll::Ready(result) = self.conn.poll_new_outbound(cx) {
+                        if let Some(tx) = pending.take() {
+                            let _ = tx.send(result);
+                        }
+                        continue;
+                    }
+                }
+                match self.conn.poll_next_inbound(cx) {
+                    Poll::Ready(Some(Ok(stream))) => {
+                        if self.inbound.try_send(stream).is_err() {
+                            // Dropping the stream resets it: the peer learns at once.
+                            debug!("accept backlog full or closed; resetting inbound stream");
+                        }
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("connection error: {e}")),
+                    Poll::Ready(None) => return Poll::Ready("closed by peer".to_owned()),
+                    Poll::Pending => {
+                        if !commands_open && self.inbound.is_closed() {
+                            return Poll::Ready("all handles dropped".to_owned());
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The socket under yamux, watched: a read error, end of file or write error marks the
+/// session dead before yamux itself learns of it and wakes its streams.
+struct Watched<T> {
+    inner: T,
+    state: Arc<SessionState>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match &res {
+            Poll::Ready(Err(_)) => self.state.mark_dead(),
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.state.mark_dead(),
+            _ => {}
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = res {
+            self.state.mark_dead();
+        }
+        res
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        if let Poll::Ready(Err(_)) = res {
+            self.state.mark_dead();
+        }
+        res
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A yamux stream in tokio's I/O traits.
+pub(crate) type RawStream = Compat<yamux::Stream>;

@@ -1,0 +1,127 @@
+//! Which devices are online, under which identity, with which services.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::task::JoinHandle;
+
+use crate::mux::Session;
+
+/// Offline devices remembered for `--list`; beyond this, the oldest are forgotten, so a
+/// credential with a wildcard grant cannot grow the relay's memory without bound.
+const MAX_REMEMBERED_OFFLINE: usize = 10_000;
+
+/// A registered device session.
+pub(super) struct Online {
+    pub(super) generation: u64,
+    pub(super) identity: String,
+    pub(super) services: Vec<String>,
+    pub(super) session: Session,
+    /// Accept loops of this session's public ports; aborting them frees the ports.
+    pub(super) public_tasks: Vec<JoinHandle<()>>,
+}
+
+impl Online {
+    /// Closes the session and frees its public ports before returning.
+    pub(super) async fn evict(self) {
+        self.session.close();
+        for task in self.public_tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// A device ID's current holder, or why it cannot be had.
+pub(super) enum Claim {
+    /// Free, or previously held by the same identity (the old session is returned to be
+    /// evicted: it is often a NAT zombie).
+    Granted(Option<Online>),
+    /// Held right now by another identity.
+    Taken,
+}
+
+#[derive(Default)]
+pub(super) struct Registry {
+    online: Mutex<HashMap<String, Online>>,
+    /// Device → services, for devices seen since start that are offline now; with insertion
+    /// order to forget the oldest first.
+    offline: Mutex<(HashMap<String, Vec<String>>, std::collections::VecDeque<String>)>,
+    next_generation: AtomicU64,
+}
+
+impl Registry {
+    pub(super) fn generation(&self) -> u64 {
+        self.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes the device ID for `identity`, removing a stale session of the same identity.
+    pub(super) fn claim(&self, device: &str, identity: &str) -> Claim {
+        let mut online = lock(&self.online);
+        match online.get(device) {
+            Some(held) if held.identity != identity && !held.session.is_closed() => Claim::Taken,
+            Some(_) => Claim::Granted(online.remove(device)),
+            None => Claim::Granted(None),
+        }
+    }
+
+    /// Registers a session; returns a session that raced in meanwhile, to be evicted.
+    pub(super) fn insert(&self, device: &str, entry: Online) -> Option<Online> {
+        lock(&self.offline).0.remove(device);
+        lock(&self.online).insert(device.to_owned(), entry)
+    }
+
+    /// Removes the device if `generation` still holds it (a newer session may have replaced it).
+    pub(super) fn remove(&self, device: &str, generation: u64) -> Option<Online> {
+        let mut online = lock(&self.online);
+        if online.get(device).is_some_and(|e| e.generation == generation) {
+            let entry = online.remove(device)?;
+            drop(online);
+            let mut offline = lock(&self.offline);
+            let (map, order) = &mut *offline;
+            if map.insert(device.to_owned(), entry.services.clone()).is_none() {
+                order.push_back(device.to_owned());
+            }
+            while map.len() > MAX_REMEMBERED_OFFLINE {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                } else {
+                    break;
+                }
+            }
+            return Some(entry);
+        }
+        None
+    }
+
+    /// The session and declared services of an online device.
+    pub(super) fn lookup(&self, device: &str) -> Option<(Session, Vec<String>)> {
+        let online = lock(&self.online);
+        let entry = online.get(device).filter(|e| !e.session.is_closed())?;
+        Some((entry.session.clone(), entry.services.clone()))
+    }
+
+    /// Every known device: `(id, online, services)`.
+    pub(super) fn snapshot(&self) -> Vec<(String, bool, Vec<String>)> {
+        let mut all: Vec<_> = lock(&self.online)
+            .iter()
+            .filter(|(_, e)| !e.session.is_closed())
+            .map(|(d, e)| (d.clone(), true, e.services.clone()))
+            .collect();
+        let offline = lock(&self.offline);
+        all.extend(offline.0.iter().map(|(d, s)| (d.clone(), false, s.clone())));
+        all
+    }
+
+    /// Removes every online session, for shutdown.
+    pub(super) fn drain(&self) -> Vec<Online> {
+        lock(&self.online).drain().map(|(_, e)| e).collect()
+    }
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: the maps stay consistent because
+/// every critical section is a single insert or remove.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -1,0 +1,370 @@
+//! An authenticated session at the relay: registration, heartbeat watchdog, and every
+//! stream an access client opens (authorized, then joined to a device stream).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::registry::{Claim, Online};
+use super::{Hello, Inner, Tls, refuse};
+use crate::auth::Identity;
+use crate::config::HEARTBEAT_MISSES;
+use crate::mux::{Inbound, Session};
+use crate::protocol::{
+    self, DeviceEntry, MAX_HEADER_LEN, Message, RefusalCode, Role, STREAM_OPEN_TIMEOUT, StatusCode,
+};
+use crate::stream::{Stream, splice};
+
+/// Runs one authenticated connection until it ends.
+pub(super) async fn run(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Identity) {
+    match hello.role {
+        Role::Access => {
+            if welcome(&mut tls, &relay, &identity, vec![]).await {
+                let (session, inbound) = start(&relay, tls);
+                info!(identity = identity.name(), "access session started");
+                serve(&relay, &session, inbound, &Ctx::Access(Arc::new(identity))).await;
+                info!("access session ended");
+            }
+        }
+        Role::Device => run_device(relay, tls, hello, identity).await,
+    }
+}
+
+async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Identity) {
+    let device = hello.device.clone();
+    if !identity.grants().may_register(&device) {
+        info!(identity = identity.name(), device, "credential may not register this device id");
+        let msg = format!("credential may not register as device {device}");
+        return refuse(&mut tls, RefusalCode::DeviceIdDenied, &msg).await;
+    }
+    match relay.registry.claim(&device, identity.name()) {
+        Claim::Taken => {
+            warn!(identity = identity.name(), device, "device id held by another credential");
+            let msg = format!("device id {device} is in use by another credential");
+            return refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
+        }
+        Claim::Granted(Some(old)) => {
+            info!(device, "replacing the previous session of this device");
+            old.evict().await;
+        }
+        Claim::Granted(None) => {}
+    }
+    let listeners = match bind_public(&relay, &identity, &hello.public).await {
+        Ok(l) => l,
+        Err(message) => return refuse(&mut tls, RefusalCode::PublicPortDenied, &message).await,
+    };
+    let ports: Vec<(String, u16)> = listeners.iter().map(|(s, l)| (s.clone(), port_of(l))).collect();
+    if !welcome(&mut tls, &relay, &identity, ports.clone()).await {
+        return;
+    }
+    let (session, inbound) = start(&relay, tls);
+    let generation = relay.registry.generation();
+    let public_tasks = listeners
+        .into_iter()
+        .map(|(service, listener)| {
+            let span = info_span!("public", %service, port = port_of(&listener));
+            tokio::spawn(public_accept(relay.clone(), session.clone(), service, listener).instrument(span))
+        })
+        .collect();
+    let entry = Online { generation, identity: identity.name().to_owned(), services: hello.services, session: session.clone(), public_tasks };
+    if let Some(raced) = relay.registry.insert(&device, entry) {
+        raced.evict().await;
+    }
+    info!(identity = identity.name(), device, ?ports, "device online");
+    serve(&relay, &session, inbound, &Ctx::Device).await;
+    if let Some(entry) = relay.registry.remove(&device, generation) {
+        entry.evict().await;
+    }
+    info!(device, "device offline");
+}
+
+async fn welcome(tls: &mut Tls, relay: &Inner, identity: &Identity, public: Vec<(String, u16)>) -> bool {
+    let heartbeat_ms = u32::try_from(relay.heartbeat.as_millis()).unwrap_or(u32::MAX);
+    let msg = Message::Welcome { heartbeat_ms, identity: identity.name().to_owned(), public };
+    protocol::write_frame(tls, &msg).await.is_ok()
+}
+
+fn start(relay: &Inner, tls: Tls) -> (Session, Inbound) {
+    Session::spawn(tls, &relay.limits, yamux::Mode::Server, tracing::Span::current())
+}
+
+fn port_of(listener: &TcpListener) -> u16 {
+    listener.local_addr().map(|a| a.port()).unwrap_or(0)
+}
+
+/// Binds the requested public ports, if the relay and the credential allow them.
+async fn bind_public(relay: &Inner, identity: &Identity, wanted: &[(String, u16)]) -> Result<Vec<(String, TcpListener)>, String> {
+    if wanted.is_empty() {
+        return Ok(vec![]);
+    }
+    let Some(range) = relay.public_ports.clone() else {
+        return Err("this relay publishes no ports".into());
+    };
+    if !identity.grants().may_publish() {
+        return Err("this credential may not publish ports".into());
+    }
+    let mut bound = Vec::new();
+    for (service, port) in wanted {
+        let listener = if *port == 0 {
+            let mut found = None;
+            for p in range.clone() {
+                if let Ok(l) = TcpListener::bind((relay.public_bind, p)).await {
+                    found = Some(l);
+                    break;
+                }
+            }
+            found.ok_or_else(|| format!("no free port left in {}-{}", range.start(), range.end()))?
+        } else if range.contains(port) {
+            TcpListener::bind((relay.public_bind, *port)).await.map_err(|e| format!("port {port}: {e}"))?
+        } else {
+            return Err(format!("port {port} is outside the allowed range {}-{}", range.start(), range.end()));
+        };
+        bound.push((service.clone(), listener));
+    }
+    Ok(bound)
+}
+
+/// Who owns the session whose streams we serve.
+enum Ctx {
+    Device,
+    Access(Arc<Identity>),
+}
+
+/// Serves the peer's streams and watches its heartbeat until the session ends.
+async fn serve(relay: &Arc<Inner>, session: &Session, mut inbound: Inbound, ctx: &Ctx) {
+    let (beat_tx, beat_rx) = watch::channel(Instant::now());
+    let beat_tx = Arc::new(beat_tx);
+    let dead_after = relay.heartbeat * HEARTBEAT_MISSES;
+    let watchdog = watchdog(beat_rx, dead_after);
+    tokio::pin!(watchdog);
+    loop {
+        tokio::select! {
+            stream = inbound.recv() => {
+                let Some(raw) = stream else { break };
+                let stream = Stream::new(raw.compat(), session.state.clone());
+                let access = match ctx { Ctx::Access(id) => Some(id.clone()), Ctx::Device => None };
+                let task = handle_stream(relay.clone(), stream, access, beat_tx.clone());
+                tokio::spawn(task.instrument(tracing::Span::current()));
+            }
+            () = &mut watchdog => {
+                info!(?dead_after, "peer missed its heartbeats; closing session");
+                break;
+            }
+            () = relay.closing.cancelled() => break,
+        }
+    }
+    session.close();
+    session.closed().await;
+}
+
+/// Completes when no ping has arrived for `dead_after`.
+async fn watchdog(mut beats: watch::Receiver<Instant>, dead_after: Duration) {
+    loop {
+        let last = *beats.borrow_and_update();
+        tokio::select! {
+            () = tokio::time::sleep_until(last + dead_after) => return,
+            changed = beats.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Reads a stream's header and serves it. Devices may only open the control stream.
+async fn handle_stream(relay: Arc<Inner>, mut stream: Stream, access: Option<Arc<Identity>>, beats: Arc<watch::Sender<Instant>>) {
+    let header = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, protocol::read_frame(&mut stream, MAX_HEADER_LEN)).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => return debug!(error = %e, "bad stream header"),
+        Err(_) => return debug!("stream header timed out"),
+    };
+    match (header, access) {
+        (Message::Control, _) => control(stream, beats).await,
+        (Message::Open { device, service }, Some(identity)) => open(&relay, stream, &identity, device, service).await,
+        (Message::List, Some(identity)) => list(&relay, stream, &identity).await,
+        (other, access) => {
+            let why = if access.is_none() { "devices may only open the control stream" } else { "unexpected header" };
+            debug!(header = other.name(), why, "refusing stream");
+            status(&mut stream, StatusCode::BadRequest, why).await;
+        }
+    }
+}
+
+/// The relay's side of the heartbeat: answer every ping, and note when it came.
+async fn control(mut stream: Stream, beats: Arc<watch::Sender<Instant>>) {
+    while let Ok(Message::Ping(n)) = protocol::read_frame(&mut stream, MAX_HEADER_LEN).await {
+        beats.send_replace(Instant::now());
+        if protocol::write_frame(&mut stream, &Message::Pong(n)).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn status(stream: &mut Stream, code: StatusCode, message: &str) {
+    let msg = Message::Status { code, message: message.to_owned() };
+    let _ = protocol::write_frame(stream, &msg).await;
+}
+
+/// An access client asks for `device`/`service`: authorize, find the device, ask it, and
+/// join the two streams if it accepts.
+async fn open(relay: &Arc<Inner>, mut stream: Stream, identity: &Identity, device: String, service: String) {
+    let span = info_span!("stream", caller = identity.name(), %device, %service);
+    async {
+        // Grants first: a caller must not learn whether a device it may not reach is online.
+        if !protocol::is_valid_name(&device) || !protocol::is_valid_name(&service) {
+            return status(&mut stream, StatusCode::BadRequest, "invalid device or service name").await;
+        }
+        if !identity.grants().may_access(&device, &service) {
+            info!("denied");
+            let msg = format!("{} may not open {device}/{service}", identity.name());
+            return status(&mut stream, StatusCode::Denied, &msg).await;
+        }
+        if relay.draining.is_cancelled() {
+            return status(&mut stream, StatusCode::Unavailable, "relay is shutting down").await;
+        }
+        let Some((session, services)) = relay.registry.lookup(&device) else {
+            info!("device offline");
+            return status(&mut stream, StatusCode::DeviceOffline, &format!("device {device} is not connected")).await;
+        };
+        if !services.contains(&service) {
+            let msg = format!("device {device} offers no service {service}");
+            return status(&mut stream, StatusCode::UnknownService, &msg).await;
+        }
+        let incoming = Message::Incoming { service: service.clone(), caller: identity.name().to_owned(), peer: String::new() };
+        match ask_device(&session, &incoming).await {
+            Ok(device_stream) => {
+                status(&mut stream, StatusCode::Ok, "").await;
+                spawn_splice(relay, stream, device_stream);
+            }
+            Err((code, message)) => {
+                info!(?code, message, "device refused");
+                status(&mut stream, code, &message).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Opens a stream to the device, sends the `Incoming` header and waits for its answer.
+async fn ask_device(session: &Session, incoming: &Message) -> Result<Stream, (StatusCode, String)> {
+    let unavailable = |m: String| (StatusCode::Unavailable, m);
+    let raw = session.open().await.map_err(|e| unavailable(format!("cannot reach the device: {e}")))?;
+    let mut stream = Stream::new(raw.compat(), session.state.clone());
+    let answer = async {
+        protocol::write_frame(&mut stream, incoming).await?;
+        protocol::read_frame(&mut stream, MAX_HEADER_LEN).await
+    };
+    match tokio::time::timeout(STREAM_OPEN_TIMEOUT, answer).await {
+        Ok(Ok(Message::Status { code: StatusCode::Ok, .. })) => Ok(stream),
+        Ok(Ok(Message::Status { code, message })) => Err((code, message)),
+        Ok(Ok(other)) => Err(unavailable(format!("device answered {}", other.name()))),
+        Ok(Err(e)) => Err(unavailable(format!("device stream failed: {e}"))),
+        Err(_) => Err(unavailable("the device did not answer in time".into())),
+    }
+}
+
+/// Joins an access stream to a device stream in a tracked task, so shutdown can wait for it.
+fn spawn_splice(relay: &Inner, mut access: Stream, mut device: Stream) {
+    let task = async move {
+        join(&mut access, &mut device).await;
+    };
+    relay.streams.spawn(task.instrument(tracing::Span::current()));
+}
+
+/// Joins a public TCP connection to a device stream; an abrupt end resets the TCP side.
+fn spawn_splice_tcp(relay: &Inner, mut tcp: TcpStream, mut device: Stream) {
+    let task = async move {
+        if !join(&mut tcp, &mut device).await {
+            reset(tcp);
+        }
+    };
+    relay.streams.spawn(task.instrument(tracing::Span::current()));
+}
+
+/// Copies both ways; returns whether both directions ended cleanly. On failure the caller
+/// drops both ends, which resets the yamux streams.
+async fn join<A>(a: &mut A, device: &mut Stream) -> bool
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let started = Instant::now();
+    match splice(a, device).await {
+        Ok((up, down)) => {
+            info!(up, down, elapsed = ?started.elapsed(), "stream closed");
+            true
+        }
+        Err(e) => {
+            info!(error = %e, "stream reset");
+            false
+        }
+    }
+}
+
+/// The devices `identity` may reach: those seen since start and those its grants name.
+async fn list(relay: &Inner, mut stream: Stream, identity: &Identity) {
+    let grants = identity.grants();
+    let mut entries: Vec<DeviceEntry> = relay
+        .registry
+        .snapshot()
+        .into_iter()
+        .filter(|(d, _, _)| grants.may_access_device(d))
+        .map(|(device, online, services)| {
+            let services = services.into_iter().filter(|s| grants.may_access(&device, s)).collect();
+            DeviceEntry { device, online, services }
+        })
+        .collect();
+    for named in grants.named_devices() {
+        if !entries.iter().any(|e| e.device == named) {
+            entries.push(DeviceEntry { device: named.to_owned(), online: false, services: vec![] });
+        }
+    }
+    entries.sort_by(|a, b| a.device.cmp(&b.device));
+    // Keep the frame under its 64 KiB cap: about 1000 entries with a few services each.
+    entries.truncate(1000);
+    let msg = Message::DeviceList(entries);
+    let _ = protocol::write_frame(&mut stream, &msg).await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+}
+
+/// Accepts connections on a public port and forwards each to the device.
+async fn public_accept(relay: Arc<Inner>, session: Session, service: String, listener: TcpListener) {
+    info!("public port open");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "public accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = relay.draining.cancelled() => return,
+            () = session.closed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let (relay, session, service) = (relay.clone(), session.clone(), service.clone());
+        let span = info_span!("stream", caller = "public", %peer);
+        tokio::spawn(
+            async move {
+                let incoming = Message::Incoming { service, caller: "public".into(), peer: peer.to_string() };
+                match ask_device(&session, &incoming).await {
+                    Ok(device_stream) => spawn_splice_tcp(&relay, tcp, device_stream),
+                    Err((code, message)) => {
+                        info!(?code, message, "device refused public connection");
+                        reset(tcp);
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Closes a TCP connection with a reset, so the client sees a failure, not an empty reply.
+fn reset(tcp: TcpStream) {
+    let _ = tcp.set_zero_linger();
+}

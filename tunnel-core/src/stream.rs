@@ -1,0 +1,100 @@
+//! The public [`Stream`]: one tunnelled byte stream, and the splice helper.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::mux::{RawStream, SessionState};
+
+/// Buffer per direction when splicing two streams: large enough that yamux frames fill
+/// whole TLS records (tokio's default of 8 KiB halves throughput).
+pub(crate) const SPLICE_BUFFER: usize = 64 * 1024;
+
+/// One tunnelled, ordered, reliable byte stream: tokio `AsyncRead + AsyncWrite`.
+///
+/// - `shutdown()` half-closes: the far end reads end-of-stream and may still reply.
+/// - Dropping the stream without `shutdown()` resets it; the far end reads an error.
+/// - If the session under the stream dies (relay gone, heartbeat lost), reads and writes
+///   fail with `ConnectionReset`; an abrupt failure never looks like a clean end of stream.
+///   One limit: after *you* have shut down your write half, a reset by the far side reads
+///   as end of stream (yamux cannot tell the two apart once both halves are closed).
+pub struct Stream {
+    inner: RawStream,
+    session: Arc<SessionState>,
+    write_closed: bool,
+}
+
+impl Stream {
+    pub(crate) fn new(inner: RawStream, session: Arc<SessionState>) -> Self {
+        Self { inner, session, write_closed: false }
+    }
+}
+
+impl std::fmt::Debug for Stream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stream").field("id", &self.inner.get_ref().id()).finish()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        if buf.filled().len() == before && buf.remaining() > 0 {
+            // End of stream: tell a FIN from a reset or a lost session.
+            if this.session.is_dead() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "tunnel session lost",
+                )));
+            }
+            if this.inner.get_ref().is_closed() && !this.write_closed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "stream reset by the far end",
+                )));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_write(cx, buf).map_err(|e| reset_if_dead(e, &this.session))
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_flush(cx).map_err(|e| reset_if_dead(e, &this.session))
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))
+            .map_err(|e| reset_if_dead(e, &this.session))?;
+        this.write_closed = true;
+        Poll::Ready(Ok(()))
+    }
+}
+
+fn reset_if_dead(e: io::Error, session: &SessionState) -> io::Error {
+    if session.is_dead() {
+        io::Error::new(io::ErrorKind::ConnectionReset, "tunnel session lost")
+    } else {
+        e
+    }
+}
+
+/// Copies both ways until both directions have ended, carrying half-close across. On an
+/// error, returns it; the caller drops both ends, which resets them.
+pub(crate) async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    tokio::io::copy_bidirectional_with_sizes(a, b, SPLICE_BUFFER, SPLICE_BUFFER).await
+}

@@ -1,0 +1,17 @@
+//! Small helpers shared by the roles.
+
+use std::path::Path;
+
+use crate::error::ConfigError;
+
+/// Writes a file readable only by its owner (tokens, keys).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), ConfigError> {
+    use std::io::Write;
+    let io_err = |source| ConfigError::Io { path: path.to_owned(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(io_err)?;
+    file.write_all(data).map_err(io_err)
+}
