@@ -178,6 +178,12 @@ impl TlsIdentity {
         SpkiPin::of_certificate(&self.chain[0])
     }
 
+    /// Writes the chain and the key as PEM files; the key file is readable by its owner only.
+    pub fn save_pem_files(&self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<(), ConfigError> {
+        crate::util::write_private(key.as_ref(), self.key_pem().as_bytes())?;
+        crate::util::write_private(cert.as_ref(), self.cert_pem().as_bytes())
+    }
+
     /// The chain as PEM text (leaf first).
     pub fn cert_pem(&self) -> String {
         self.chain.iter().map(|c| pem_block("CERTIFICATE", c.as_ref())).collect()
