@@ -27,7 +27,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// certificate): the client learns nothing, the reason goes to the relay's log.
 pub trait Authenticator: Send + Sync + 'static {
     /// Maps the presented credential to an identity with grants.
-    fn authenticate<'a>(&'a self, request: &'a AuthRequest) -> BoxFuture<'a, Result<Identity, AuthRejected>>;
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest,
+    ) -> BoxFuture<'a, Result<Identity, AuthRejected>>;
 }
 
 /// What a client presented to the relay.
@@ -55,7 +58,10 @@ pub struct Identity {
 impl Identity {
     /// An identity with these grants.
     pub fn new(name: impl Into<String>, grants: Grants) -> Self {
-        Self { name: name.into(), grants }
+        Self {
+            name: name.into(),
+            grants,
+        }
     }
     /// The identity's name.
     pub fn name(&self) -> &str {
@@ -78,7 +84,9 @@ pub struct AuthRejected {
 impl AuthRejected {
     /// A rejection with a reason for the relay's log.
     pub fn new(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into() }
+        Self {
+            reason: reason.into(),
+        }
     }
 }
 
@@ -151,9 +159,9 @@ impl Grants {
     }
     /// Parses an access grant written `device/service` (`pi-42/ssh`, `lab-*/*`).
     pub fn access_str(self, grant: &str) -> Result<Self, ConfigError> {
-        let (d, s) = grant
-            .split_once('/')
-            .ok_or_else(|| ConfigError::Invalid(format!("access grant {grant:?} is not device/service")))?;
+        let (d, s) = grant.split_once('/').ok_or_else(|| {
+            ConfigError::Invalid(format!("access grant {grant:?} is not device/service"))
+        })?;
         Ok(self.access(Pattern::new(d)?, Pattern::new(s)?))
     }
     /// Whether the identity may register as `device`.
@@ -162,7 +170,9 @@ impl Grants {
     }
     /// Whether the identity may open `service` on `device`.
     pub fn may_access(&self, device: &str, service: &str) -> bool {
-        self.access.iter().any(|(d, s)| d.matches(device) && s.matches(service))
+        self.access
+            .iter()
+            .any(|(d, s)| d.matches(device) && s.matches(service))
     }
     /// Whether the identity may reach at least one service of `device`.
     pub fn may_access_device(&self, device: &str) -> bool {
@@ -190,7 +200,8 @@ impl Token {
     /// A new random token: `tun_` and 256 bits as hex.
     pub fn generate() -> Result<Self, ConfigError> {
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| ConfigError::Invalid(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut bytes)
+            .map_err(|e| ConfigError::Invalid(format!("no randomness: {e}")))?;
         Ok(Self(format!("tun_{}", crate::hex::encode(&bytes))))
     }
     /// The token text: print it once, store only its [`Token::hash`].
@@ -217,7 +228,11 @@ pub struct TokenHash([u8; 32]);
 impl TokenHash {
     /// Compares in constant time, so response timing says nothing about the stored hashes.
     fn ct_eq(&self, other: &Self) -> bool {
-        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
     }
 }
 
@@ -227,7 +242,9 @@ impl std::str::FromStr for TokenHash {
         s.strip_prefix("sha256:")
             .and_then(crate::hex::decode_32)
             .map(Self)
-            .ok_or_else(|| ConfigError::Invalid(format!("bad token hash {s:?}: want sha256:<64 hex>")))
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!("bad token hash {s:?}: want sha256:<64 hex>"))
+            })
     }
 }
 
@@ -275,8 +292,10 @@ impl TokenFile {
     /// Reads a token file; a missing file is an error (a relay must not start open by mistake).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Io { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
     }
     /// Writes the file (creating it with mode 0600 on Unix).
@@ -334,9 +353,15 @@ impl TokenAuthenticator {
 }
 
 impl Authenticator for TokenAuthenticator {
-    fn authenticate<'a>(&'a self, request: &'a AuthRequest) -> BoxFuture<'a, Result<Identity, AuthRejected>> {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest,
+    ) -> BoxFuture<'a, Result<Identity, AuthRejected>> {
         Box::pin(async move {
-            let token = request.token.as_ref().ok_or_else(|| AuthRejected::new("no token"))?;
+            let token = request
+                .token
+                .as_ref()
+                .ok_or_else(|| AuthRejected::new("no token"))?;
             let hash = token.hash();
             // Visit every entry whatever matches, so timing does not depend on the position.
             let mut found = None;
@@ -345,7 +370,9 @@ impl Authenticator for TokenAuthenticator {
                     found = Some(identity);
                 }
             }
-            found.cloned().ok_or_else(|| AuthRejected::new("unknown token"))
+            found
+                .cloned()
+                .ok_or_else(|| AuthRejected::new("unknown token"))
         })
     }
 }
@@ -370,14 +397,25 @@ impl CertAuthenticator {
 }
 
 impl Authenticator for CertAuthenticator {
-    fn authenticate<'a>(&'a self, request: &'a AuthRequest) -> BoxFuture<'a, Result<Identity, AuthRejected>> {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest,
+    ) -> BoxFuture<'a, Result<Identity, AuthRejected>> {
         Box::pin(async move {
-            let der = request.client_cert.as_ref().ok_or_else(|| AuthRejected::new("no client certificate"))?;
+            let der = request
+                .client_cert
+                .as_ref()
+                .ok_or_else(|| AuthRejected::new("no client certificate"))?;
             let der = rustls::pki_types::CertificateDer::from(der.as_slice());
             let cert = webpki::EndEntityCert::try_from(&der)
                 .map_err(|e| AuthRejected::new(format!("client certificate: {e}")))?;
-            let names: Vec<&str> = cert.valid_dns_names().filter(|n| is_valid_name(n)).collect();
-            let first = names.first().ok_or_else(|| AuthRejected::new("client certificate names no device"))?;
+            let names: Vec<&str> = cert
+                .valid_dns_names()
+                .filter(|n| is_valid_name(n))
+                .collect();
+            let first = names
+                .first()
+                .ok_or_else(|| AuthRejected::new("client certificate names no device"))?;
             let mut grants = Grants::new();
             for n in &names {
                 grants = grants.register(Pattern((*n).to_owned()));
@@ -407,7 +445,10 @@ impl fmt::Debug for FirstOf {
 }
 
 impl Authenticator for FirstOf {
-    fn authenticate<'a>(&'a self, request: &'a AuthRequest) -> BoxFuture<'a, Result<Identity, AuthRejected>> {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest,
+    ) -> BoxFuture<'a, Result<Identity, AuthRejected>> {
         Box::pin(async move {
             let mut reasons = Vec::new();
             for a in &self.0 {
@@ -474,8 +515,18 @@ mod tests {
         let good = Token::generate().unwrap();
         let mut auth = TokenAuthenticator::new();
         auth.add(good.hash(), Identity::new("pi", Grants::new()));
-        assert_eq!(auth.authenticate(&request(Some(good.expose()))).await.unwrap().name(), "pi");
-        assert!(auth.authenticate(&request(Some("tun_wrong"))).await.is_err());
+        assert_eq!(
+            auth.authenticate(&request(Some(good.expose())))
+                .await
+                .unwrap()
+                .name(),
+            "pi"
+        );
+        assert!(
+            auth.authenticate(&request(Some("tun_wrong")))
+                .await
+                .is_err()
+        );
         assert!(auth.authenticate(&request(None)).await.is_err());
     }
 
@@ -492,14 +543,22 @@ mod tests {
         let back: TokenFile = toml::from_str(&toml::to_string(&file).unwrap()).unwrap();
         assert_eq!(back.tokens[0].hash, t.hash().to_string());
 
-        let bad: TokenFile = toml::from_str("[[token]]\nname = \"x\"\nhash = \"sha256:00\"\n").unwrap();
+        let bad: TokenFile =
+            toml::from_str("[[token]]\nname = \"x\"\nhash = \"sha256:00\"\n").unwrap();
         assert!(TokenAuthenticator::from_token_file(&bad).is_err());
-        assert!(toml::from_str::<TokenFile>("[[token]]\nname=\"x\"\nhash=\"\"\nsecret=1\n").is_err());
+        assert!(
+            toml::from_str::<TokenFile>("[[token]]\nname=\"x\"\nhash=\"\"\nsecret=1\n").is_err()
+        );
     }
 
     #[tokio::test]
     async fn cert_authenticator_needs_a_certificate() {
-        assert!(CertAuthenticator::new().authenticate(&request(None)).await.is_err());
+        assert!(
+            CertAuthenticator::new()
+                .authenticate(&request(None))
+                .await
+                .is_err()
+        );
         let id = crate::TlsIdentity::generate_self_signed(&["pi-7"]).unwrap();
         let mut req = request(None);
         req.client_cert = Some(id.chain[0].to_vec());
@@ -514,7 +573,14 @@ mod tests {
         let mut tokens = TokenAuthenticator::new();
         tokens.add(good.hash(), Identity::new("t", Grants::new()));
         let chain = FirstOf::new(vec![Box::new(CertAuthenticator::new()), Box::new(tokens)]);
-        assert_eq!(chain.authenticate(&request(Some("tun_ok"))).await.unwrap().name(), "t");
+        assert_eq!(
+            chain
+                .authenticate(&request(Some("tun_ok")))
+                .await
+                .unwrap()
+                .name(),
+            "t"
+        );
         assert!(chain.authenticate(&request(Some("tun_no"))).await.is_err());
     }
 }

@@ -83,7 +83,8 @@ impl ClientConfig {
             .relay
             .rsplit_once(':')
             .ok_or_else(|| ConfigError::Address(self.relay.clone()))?;
-        port.parse::<u16>().map_err(|_| ConfigError::Address(self.relay.clone()))?;
+        port.parse::<u16>()
+            .map_err(|_| ConfigError::Address(self.relay.clone()))?;
         Ok(host)
     }
 }
@@ -106,37 +107,64 @@ pub(crate) struct HelloRequest {
 
 /// Connects, verifies the relay, authenticates and starts the session and its heartbeat,
 /// all under [`HANDSHAKE_TIMEOUT`].
-pub(crate) async fn connect(cfg: &ClientConfig, request: HelloRequest) -> Result<Connected, ConnectError> {
+pub(crate) async fn connect(
+    cfg: &ClientConfig,
+    request: HelloRequest,
+) -> Result<Connected, ConnectError> {
     cfg.limits.validate()?;
     let host = cfg.host()?.to_owned();
     let name = tls_server_name(cfg.server_name.as_deref().unwrap_or(&host))?;
     let tls_config = crate::tls::client_config(&cfg.trust, cfg.client_cert.as_ref())?;
-    let span = info_span!("session", relay = %cfg.relay, role = ?request.role, device = %request.device);
+    let span =
+        info_span!("session", relay = %cfg.relay, role = ?request.role, device = %request.device);
     let handshake = async {
-        let tcp = TcpStream::connect(&cfg.relay)
-            .await
-            .map_err(|source| ConnectError::Unreachable { addr: cfg.relay.clone(), source })?;
+        let tcp =
+            TcpStream::connect(&cfg.relay)
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    addr: cfg.relay.clone(),
+                    source,
+                })?;
         let _ = tcp.set_nodelay(true);
-        let mut tls = TlsConnector::from(tls_config).connect(name, tcp).await.map_err(tls_error)?;
+        let mut tls = TlsConnector::from(tls_config)
+            .connect(name, tcp)
+            .await
+            .map_err(tls_error)?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
             return Err(ConnectError::Alpn);
         }
         let hello = Message::Hello {
             version: VERSION,
             role: request.role,
-            token: cfg.token.as_ref().map(|t| t.expose().to_owned()).unwrap_or_default(),
+            token: cfg
+                .token
+                .as_ref()
+                .map(|t| t.expose().to_owned())
+                .unwrap_or_default(),
             device: request.device.clone(),
             services: request.services.clone(),
             public: request.public.clone(),
         };
-        protocol::write_frame(&mut tls, &hello).await.map_err(protocol_error)?;
-        match protocol::read_frame(&mut tls, MAX_HELLO_LEN).await.map_err(protocol_error)? {
-            Message::Welcome { heartbeat_ms, identity, public } => Ok((tls, heartbeat_ms, identity, public)),
+        protocol::write_frame(&mut tls, &hello)
+            .await
+            .map_err(protocol_error)?;
+        match protocol::read_frame(&mut tls, MAX_HELLO_LEN)
+            .await
+            .map_err(protocol_error)?
+        {
+            Message::Welcome {
+                heartbeat_ms,
+                identity,
+                public,
+            } => Ok((tls, heartbeat_ms, identity, public)),
             Message::Refused { code, message } => {
                 let _ = tls.shutdown().await;
                 Err(ConnectError::Refused { code, message })
             }
-            other => Err(ConnectError::Protocol(format!("expected welcome, got {}", other.name()))),
+            other => Err(ConnectError::Protocol(format!(
+                "expected welcome, got {}",
+                other.name()
+            ))),
         }
     };
     let (tls, heartbeat_ms, identity, public) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
@@ -146,7 +174,12 @@ pub(crate) async fn connect(cfg: &ClientConfig, request: HelloRequest) -> Result
     let interval = Duration::from_millis(u64::from(heartbeat_ms)).max(MIN_HEARTBEAT);
     let (session, inbound) = Session::spawn(tls, &cfg.limits, yamux::Mode::Client, span.clone());
     tokio::spawn(heartbeat(session.clone(), interval).instrument(span));
-    Ok(Connected { session, inbound, identity, public })
+    Ok(Connected {
+        session,
+        inbound,
+        identity,
+        public,
+    })
 }
 
 fn tls_server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, ConfigError> {
@@ -187,19 +220,32 @@ async fn heartbeat(session: Session, interval: Duration) {
 }
 
 async fn heartbeat_loop(session: &Session, interval: Duration) -> &'static str {
-    let Ok(raw) = session.open().await else { return "cannot open the control stream" };
+    let Ok(raw) = session.open().await else {
+        return "cannot open the control stream";
+    };
     let mut control = tokio_util::compat::FuturesAsyncReadCompatExt::compat(raw);
     let deadline = interval * (HEARTBEAT_MISSES - 1);
-    if protocol::write_frame(&mut control, &Message::Control).await.is_err() {
+    if protocol::write_frame(&mut control, &Message::Control)
+        .await
+        .is_err()
+    {
         return "control stream write failed";
     }
     let mut nonce = 0u64;
     loop {
         nonce = nonce.wrapping_add(1);
-        if protocol::write_frame(&mut control, &Message::Ping(nonce)).await.is_err() {
+        if protocol::write_frame(&mut control, &Message::Ping(nonce))
+            .await
+            .is_err()
+        {
             return "control stream write failed";
         }
-        match tokio::time::timeout(deadline, protocol::read_frame(&mut control, protocol::MAX_HEADER_LEN)).await {
+        match tokio::time::timeout(
+            deadline,
+            protocol::read_frame(&mut control, protocol::MAX_HEADER_LEN),
+        )
+        .await
+        {
             Ok(Ok(Message::Pong(n))) if n == nonce => debug!(nonce, "pong"),
             Ok(Ok(_)) => return "unexpected message on the control stream",
             Ok(Err(_)) => return "control stream closed",

@@ -18,7 +18,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_streams: 128, receive_window: 32 * 1024 * 1024 }
+        Self {
+            max_streams: 128,
+            receive_window: 32 * 1024 * 1024,
+        }
     }
 }
 
@@ -75,7 +78,11 @@ mod tests {
     fn a_window_too_small_for_the_stream_count_is_refused_not_a_panic() {
         let err = Limits::default().max_streams(512).validate().unwrap_err();
         assert!(err.to_string().contains("below"), "{err}");
-        Limits::default().max_streams(512).receive_window(128 << 20).validate().unwrap();
+        Limits::default()
+            .max_streams(512)
+            .receive_window(128 << 20)
+            .validate()
+            .unwrap();
         assert!(Limits::default().max_streams(0).validate().is_err());
     }
 }

@@ -10,7 +10,9 @@ use tracing::debug;
 use crate::client::{ClientConfig, Connected, HelloRequest, connect};
 use crate::error::{ConnectError, DialError};
 use crate::mux::Session;
-use crate::protocol::{self, MAX_FRAME_LEN, MAX_HEADER_LEN, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode};
+use crate::protocol::{
+    self, MAX_FRAME_LEN, MAX_HEADER_LEN, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
+};
 use crate::stream::Stream;
 
 /// One device as listed by [`Dialer::list`].
@@ -59,7 +61,12 @@ impl Dialer {
     /// Connects and authenticates to the relay.
     pub async fn connect(config: ClientConfig) -> Result<Self, ConnectError> {
         let session = open_session(&config).await?;
-        Ok(Self { inner: Arc::new(Inner { config, session: Mutex::new(Some(session)) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                session: Mutex::new(Some(session)),
+            }),
+        })
     }
 
     /// Opens a stream to `service` on `device`. Fails with a typed error when the
@@ -71,15 +78,24 @@ impl Dialer {
                 return Err(DialError::InvalidName(name.to_owned()));
             }
         }
-        let header = Message::Open { device: device.to_owned(), service: service.to_owned() };
+        let header = Message::Open {
+            device: device.to_owned(),
+            service: service.to_owned(),
+        };
         let (mut stream, reply) = self.request(&header, MAX_HEADER_LEN).await?;
         match reply {
-            Message::Status { code: StatusCode::Ok, .. } => Ok(stream),
+            Message::Status {
+                code: StatusCode::Ok,
+                ..
+            } => Ok(stream),
             Message::Status { code, message } => {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
                 Err(status_error(code, message))
             }
-            other => Err(DialError::Protocol(format!("expected status, got {}", other.name()))),
+            other => Err(DialError::Protocol(format!(
+                "expected status, got {}",
+                other.name()
+            ))),
         }
     }
 
@@ -88,10 +104,17 @@ impl Dialer {
         match self.request(&Message::List, MAX_FRAME_LEN).await?.1 {
             Message::DeviceList(entries) => Ok(entries
                 .into_iter()
-                .map(|e| DeviceInfo { device: e.device, online: e.online, services: e.services })
+                .map(|e| DeviceInfo {
+                    device: e.device,
+                    online: e.online,
+                    services: e.services,
+                })
                 .collect()),
             Message::Status { code, message } => Err(status_error(code, message)),
-            other => Err(DialError::Protocol(format!("expected device list, got {}", other.name()))),
+            other => Err(DialError::Protocol(format!(
+                "expected device list, got {}",
+                other.name()
+            ))),
         }
     }
 
@@ -104,9 +127,16 @@ impl Dialer {
     }
 
     /// Opens a stream, writes `header` and reads the relay's answer.
-    async fn request(&self, header: &Message, max_reply: usize) -> Result<(Stream, Message), DialError> {
+    async fn request(
+        &self,
+        header: &Message,
+        max_reply: usize,
+    ) -> Result<(Stream, Message), DialError> {
         let session = self.session().await?;
-        let raw = session.open().await.map_err(|e| DialError::ConnectionLost(e.to_string()))?;
+        let raw = session
+            .open()
+            .await
+            .map_err(|e| DialError::ConnectionLost(e.to_string()))?;
         let mut stream = Stream::new(raw.compat(), session.state.clone());
         let exchange = async {
             protocol::write_frame(&mut stream, header).await?;
@@ -134,7 +164,12 @@ impl Dialer {
 }
 
 async fn open_session(config: &ClientConfig) -> Result<Session, ConnectError> {
-    let hello = HelloRequest { role: Role::Access, device: String::new(), services: vec![], public: vec![] };
+    let hello = HelloRequest {
+        role: Role::Access,
+        device: String::new(),
+        services: vec![],
+        public: vec![],
+    };
     // The relay never opens streams towards an access client: dropping the inbound side
     // makes the driver reset any it tries.
     let Connected { session, .. } = connect(config, hello).await?;

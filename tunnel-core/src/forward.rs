@@ -24,31 +24,43 @@ use crate::stream::{Stream, splice};
 pub async fn forward(listener: &Listener, targets: HashMap<String, String>) {
     let targets = Arc::new(targets);
     while let Some(incoming) = listener.accept().await {
-        let span = info_span!("stream", service = incoming.service(), caller = incoming.caller());
+        let span = info_span!(
+            "stream",
+            service = incoming.service(),
+            caller = incoming.caller()
+        );
         tokio::spawn(forward_one(incoming, targets.clone()).instrument(span));
     }
 }
 
 async fn forward_one(incoming: Incoming, targets: Arc<HashMap<String, String>>) {
     let Some(target) = targets.get(incoming.service()) else {
-        let _ = incoming.refuse(Refusal::UnknownService, "service not forwarded").await;
+        let _ = incoming
+            .refuse(Refusal::UnknownService, "service not forwarded")
+            .await;
         return;
     };
     let tcp = match tokio::time::timeout(TARGET_CONNECT_TIMEOUT, TcpStream::connect(target)).await {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(e)) => {
             info!(%target, error = %e, "target refused");
-            let _ = incoming.refuse(Refusal::TargetRefused, &e.to_string()).await;
+            let _ = incoming
+                .refuse(Refusal::TargetRefused, &e.to_string())
+                .await;
             return;
         }
         Err(_) => {
             info!(%target, "target timed out");
-            let _ = incoming.refuse(Refusal::TargetRefused, "connect timed out").await;
+            let _ = incoming
+                .refuse(Refusal::TargetRefused, "connect timed out")
+                .await;
             return;
         }
     };
     let _ = tcp.set_nodelay(true);
-    let Ok(stream) = incoming.accept().await else { return };
+    let Ok(stream) = incoming.accept().await else {
+        return;
+    };
     join_tcp(tcp, stream).await;
 }
 
@@ -105,5 +117,7 @@ pub async fn pipe_stdio(dialer: &Dialer, device: &str, service: &str) -> Result<
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
     let result = splice(&mut stdio, &mut stream).await;
     let _ = stdio.flush().await;
-    result.map(|_| ()).map_err(|e| DialError::ConnectionLost(e.to_string()))
+    result
+        .map(|_| ())
+        .map_err(|e| DialError::ConnectionLost(e.to_string()))
 }

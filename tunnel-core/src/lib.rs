@@ -102,8 +102,8 @@ mod tls;
 mod util;
 
 pub use auth::{
-    AuthRejected, AuthRequest, Authenticator, BoxFuture, CertAuthenticator, FirstOf, Grants, Identity, Pattern,
-    Token, TokenAuthenticator, TokenEntry, TokenFile, TokenHash,
+    AuthRejected, AuthRequest, Authenticator, BoxFuture, CertAuthenticator, FirstOf, Grants,
+    Identity, Pattern, Token, TokenAuthenticator, TokenEntry, TokenFile, TokenHash,
 };
 pub use client::ClientConfig;
 pub use config::Limits;

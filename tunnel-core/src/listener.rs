@@ -12,7 +12,9 @@ use tracing::{Instrument, debug, info, warn};
 use crate::client::{ClientConfig, Connected, HelloRequest, connect};
 use crate::error::{ConfigError, ConnectError};
 use crate::mux::Session;
-use crate::protocol::{self, MAX_HEADER_LEN, MAX_SERVICES, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode};
+use crate::protocol::{
+    self, MAX_HEADER_LEN, MAX_SERVICES, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
+};
 use crate::stream::Stream;
 
 /// Incoming streams waiting for [`Listener::accept`]; beyond this, callers get `unavailable`.
@@ -36,7 +38,12 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// A device registering as `device` through the relay described by `client`.
     pub fn new(client: ClientConfig, device: impl Into<String>) -> Self {
-        Self { client, device: device.into(), services: vec![], public: vec![] }
+        Self {
+            client,
+            device: device.into(),
+            services: vec![],
+            public: vec![],
+        }
     }
     /// Declares a service by name (`ssh`, `web`); only declared services can be opened.
     pub fn service(mut self, name: impl Into<String>) -> Self {
@@ -50,24 +57,34 @@ impl DeviceConfig {
         self
     }
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |what: &str, v: &str| ConfigError::Invalid(format!("invalid {what} {v:?}: want 1-63 characters of A-Z a-z 0-9 . _ -"));
+        let bad = |what: &str, v: &str| {
+            ConfigError::Invalid(format!(
+                "invalid {what} {v:?}: want 1-63 characters of A-Z a-z 0-9 . _ -"
+            ))
+        };
         if !protocol::is_valid_name(&self.device) {
             return Err(bad("device id", &self.device));
         }
         if self.services.is_empty() || self.services.len() > MAX_SERVICES {
-            return Err(ConfigError::Invalid(format!("declare 1 to {MAX_SERVICES} services")));
+            return Err(ConfigError::Invalid(format!(
+                "declare 1 to {MAX_SERVICES} services"
+            )));
         }
         for (i, s) in self.services.iter().enumerate() {
             if !protocol::is_valid_name(s) {
                 return Err(bad("service name", s));
             }
             if self.services[..i].contains(s) {
-                return Err(ConfigError::Invalid(format!("service {s:?} declared twice")));
+                return Err(ConfigError::Invalid(format!(
+                    "service {s:?} declared twice"
+                )));
             }
         }
         for (s, _) in &self.public {
             if !self.services.contains(s) {
-                return Err(ConfigError::Invalid(format!("public port for undeclared service {s:?}")));
+                return Err(ConfigError::Invalid(format!(
+                    "public port for undeclared service {s:?}"
+                )));
             }
         }
         Ok(())
@@ -130,7 +147,10 @@ pub struct Listener {
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("device", &self.device).field("state", &*self.state.borrow()).finish()
+        f.debug_struct("Listener")
+            .field("device", &self.device)
+            .field("state", &*self.state.borrow())
+            .finish()
     }
 }
 
@@ -147,14 +167,23 @@ impl Listener {
             Err(e) => Err(e),
         };
         let initial = match &first {
-            Ok(c) => ListenerState::Connected { public: c.public.clone() },
-            Err(e) => ListenerState::Reconnecting { last_error: e.to_string() },
+            Ok(c) => ListenerState::Connected {
+                public: c.public.clone(),
+            },
+            Err(e) => ListenerState::Reconnecting {
+                last_error: e.to_string(),
+            },
         };
         let (state_tx, state_rx) = watch::channel(initial);
         let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
         let stop = CancellationToken::new();
         let device = config.device.clone();
-        let supervisor = Supervisor { config, state: state_tx, incoming: tx, stop: stop.clone() };
+        let supervisor = Supervisor {
+            config,
+            state: state_tx,
+            incoming: tx,
+            stop: stop.clone(),
+        };
         let span = tracing::info_span!("device", device = %device);
         tokio::spawn(supervisor.run(first.ok()).instrument(span));
         Ok(Self {
@@ -186,7 +215,10 @@ impl Listener {
     }
 
     /// Waits until the listener is connected, or until `timeout`.
-    pub async fn wait_connected(&self, timeout: Duration) -> Result<Vec<(String, u16)>, ConnectError> {
+    pub async fn wait_connected(
+        &self,
+        timeout: Duration,
+    ) -> Result<Vec<(String, u16)>, ConnectError> {
         let mut rx = self.state.clone();
         let wait = rx.wait_for(|s| !matches!(s, ListenerState::Reconnecting { .. }));
         match tokio::time::timeout(timeout, wait).await {
@@ -270,11 +302,16 @@ impl Incoming {
 }
 
 async fn answer(stream: &mut Stream, code: StatusCode, message: &str) -> io::Result<()> {
-    let msg = Message::Status { code, message: message.to_owned() };
-    protocol::write_frame(stream, &msg).await.map_err(|e| match e {
-        protocol::FrameError::Io(io) => io,
-        other => io::Error::other(other),
-    })
+    let msg = Message::Status {
+        code,
+        message: message.to_owned(),
+    };
+    protocol::write_frame(stream, &msg)
+        .await
+        .map_err(|e| match e {
+            protocol::FrameError::Io(io) => io,
+            other => io::Error::other(other),
+        })
 }
 
 /// Owns the connection to the relay: connects, hands out incoming streams, reconnects.
@@ -296,14 +333,17 @@ impl Supervisor {
             match conn {
                 Ok(c) => {
                     info!(identity = c.identity, public = ?c.public, "registered with the relay");
-                    self.state.send_replace(ListenerState::Connected { public: c.public.clone() });
+                    self.state.send_replace(ListenerState::Connected {
+                        public: c.public.clone(),
+                    });
                     let started = tokio::time::Instant::now();
                     let reason = self.serve(c).await;
                     if self.stop.is_cancelled() {
                         break;
                     }
                     warn!(reason, "session with the relay lost; reconnecting");
-                    self.state.send_replace(ListenerState::Reconnecting { last_error: reason });
+                    self.state
+                        .send_replace(ListenerState::Reconnecting { last_error: reason });
                     if started.elapsed() >= STABLE_SESSION {
                         failures = 0;
                     }
@@ -315,7 +355,9 @@ impl Supervisor {
                     } else {
                         info!(error = %e, "cannot reach the relay; retrying");
                     }
-                    self.state.send_replace(ListenerState::Reconnecting { last_error: e.to_string() });
+                    self.state.send_replace(ListenerState::Reconnecting {
+                        last_error: e.to_string(),
+                    });
                 }
             }
             let delay = backoff(failures);
@@ -331,7 +373,11 @@ impl Supervisor {
 
     /// Hands out the session's incoming streams until it ends; returns why it ended.
     async fn serve(&self, c: Connected) -> String {
-        let Connected { session, mut inbound, .. } = c;
+        let Connected {
+            session,
+            mut inbound,
+            ..
+        } = c;
         loop {
             tokio::select! {
                 raw = inbound.recv() => {
@@ -351,32 +397,62 @@ impl Supervisor {
 }
 
 fn session_end_reason(session: &Session) -> String {
-    if session.is_closed() { "session closed (relay gone, heartbeat lost or replaced)".into() } else { "session ended".into() }
+    if session.is_closed() {
+        "session closed (relay gone, heartbeat lost or replaced)".into()
+    } else {
+        "session ended".into()
+    }
 }
 
 /// Reads the relay's `Incoming` header, refuses undeclared services on the device's own
 /// authority, and queues the rest for `accept`.
 async fn read_incoming(mut stream: Stream, services: Vec<String>, queue: mpsc::Sender<Incoming>) {
-    let header = tokio::time::timeout(STREAM_OPEN_TIMEOUT, protocol::read_frame(&mut stream, MAX_HEADER_LEN)).await;
-    let Ok(Ok(Message::Incoming { service, caller, peer })) = header else {
+    let header = tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        protocol::read_frame(&mut stream, MAX_HEADER_LEN),
+    )
+    .await;
+    let Ok(Ok(Message::Incoming {
+        service,
+        caller,
+        peer,
+    })) = header
+    else {
         return debug!("bad or missing incoming header; dropping stream");
     };
     if !services.contains(&service) {
-        let _ = answer(&mut stream, StatusCode::UnknownService, &format!("no service {service} here")).await;
+        let _ = answer(
+            &mut stream,
+            StatusCode::UnknownService,
+            &format!("no service {service} here"),
+        )
+        .await;
         return;
     }
     let peer = (!peer.is_empty()).then_some(peer);
     debug!(%service, %caller, ?peer, "incoming stream");
-    let incoming = Incoming { service, caller, peer, stream };
+    let incoming = Incoming {
+        service,
+        caller,
+        peer,
+        stream,
+    };
     if let Err(mpsc::error::TrySendError::Full(mut refused)) = queue.try_send(incoming) {
-        let _ = answer(&mut refused.stream, StatusCode::Unavailable, "device accept queue full").await;
+        let _ = answer(
+            &mut refused.stream,
+            StatusCode::Unavailable,
+            "device accept queue full",
+        )
+        .await;
     }
 }
 
 /// Exponential backoff with jitter: half the delay fixed, half random, so that a fleet
 /// reconnecting after a relay restart spreads out.
 fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.min(10)).min(BACKOFF_MAX);
+    let exp = BACKOFF_BASE
+        .saturating_mul(1u32 << failures.min(10))
+        .min(BACKOFF_MAX);
     let half = exp / 2;
     let mut r = [0u8; 4];
     let _ = getrandom::fill(&mut r);
@@ -392,7 +468,9 @@ mod tests {
     fn backoff_grows_to_its_cap_and_stays_jittered() {
         for f in 0..40 {
             let d = backoff(f);
-            let exp = BACKOFF_BASE.saturating_mul(1u32 << f.min(10)).min(BACKOFF_MAX);
+            let exp = BACKOFF_BASE
+                .saturating_mul(1u32 << f.min(10))
+                .min(BACKOFF_MAX);
             assert!(d >= exp / 2 && d <= exp, "{f}: {d:?}");
         }
         let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
@@ -403,10 +481,31 @@ mod tests {
     fn device_config_rejects_bad_names_and_undeclared_public_services() {
         let pin: crate::SpkiPin = format!("sha256:{}", "0".repeat(64)).parse().unwrap();
         let client = ClientConfig::new("relay:1", pin);
-        assert!(DeviceConfig::new(client.clone(), "pi 42").service("ssh").validate().is_err());
+        assert!(
+            DeviceConfig::new(client.clone(), "pi 42")
+                .service("ssh")
+                .validate()
+                .is_err()
+        );
         assert!(DeviceConfig::new(client.clone(), "pi").validate().is_err());
-        assert!(DeviceConfig::new(client.clone(), "pi").service("ssh").service("ssh").validate().is_err());
-        assert!(DeviceConfig::new(client.clone(), "pi").service("ssh").public("web", 0).validate().is_err());
-        DeviceConfig::new(client, "pi").service("ssh").public("ssh", 0).validate().unwrap();
+        assert!(
+            DeviceConfig::new(client.clone(), "pi")
+                .service("ssh")
+                .service("ssh")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            DeviceConfig::new(client.clone(), "pi")
+                .service("ssh")
+                .public("web", 0)
+                .validate()
+                .is_err()
+        );
+        DeviceConfig::new(client, "pi")
+            .service("ssh")
+            .public("ssh", 0)
+            .validate()
+            .unwrap();
     }
 }

@@ -79,18 +79,33 @@ pub(crate) type Inbound = mpsc::Receiver<yamux::Stream>;
 
 impl Session {
     /// Starts the driver task for an authenticated connection.
-    pub(crate) fn spawn<T>(io: T, limits: &Limits, mode: yamux::Mode, span: tracing::Span) -> (Self, Inbound)
+    pub(crate) fn spawn<T>(
+        io: T,
+        limits: &Limits,
+        mode: yamux::Mode,
+        span: tracing::Span,
+    ) -> (Self, Inbound)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let state = Arc::new(SessionState { dead: AtomicBool::new(false) });
-        let io = Watched { inner: BufWriter::with_capacity(WRITE_BUFFER, io), state: state.clone() };
+        let state = Arc::new(SessionState {
+            dead: AtomicBool::new(false),
+        });
+        let io = Watched {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, io),
+            state: state.clone(),
+        };
         let conn = yamux::Connection::new(io.compat(), yamux_config(limits), mode);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (done_tx, done_rx) = watch::channel(false);
         let close = CancellationToken::new();
-        let driver = Driver { conn, commands: cmd_rx, inbound: in_tx, state: state.clone() };
+        let driver = Driver {
+            conn,
+            commands: cmd_rx,
+            inbound: in_tx,
+            state: state.clone(),
+        };
         let close2 = close.clone();
         tokio::spawn(
             async move {
@@ -99,7 +114,15 @@ impl Session {
             }
             .instrument(span),
         );
-        (Self { commands: cmd_tx, close, done: done_rx, state }, in_rx)
+        (
+            Self {
+                commands: cmd_tx,
+                close,
+                done: done_rx,
+                state,
+            },
+            in_rx,
+        )
     }
 
     /// Opens a stream. The peer sees it only once something is written on it; it waits
@@ -107,14 +130,19 @@ impl Session {
     pub(crate) async fn open(&self) -> Result<yamux::Stream, OpenError> {
         let (tx, rx) = oneshot::channel();
         let request = async {
-            self.commands.send(Command::Open(tx)).await.map_err(|_| OpenError::Closed)?;
+            self.commands
+                .send(Command::Open(tx))
+                .await
+                .map_err(|_| OpenError::Closed)?;
             match rx.await {
                 Ok(Ok(stream)) => Ok(stream),
                 Ok(Err(yamux::ConnectionError::TooManyStreams)) => Err(OpenError::TooManyStreams),
                 Ok(Err(_)) | Err(_) => Err(OpenError::Closed),
             }
         };
-        tokio::time::timeout(STREAM_OPEN_TIMEOUT, request).await.map_err(|_| OpenError::Timeout)?
+        tokio::time::timeout(STREAM_OPEN_TIMEOUT, request)
+            .await
+            .map_err(|_| OpenError::Timeout)?
     }
 
     /// Asks the driver to close the session (GoAway, then the socket). Returns at once.
@@ -184,13 +212,13 @@ impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
                     pending = None; // the caller gave up
                     continue;
                 }
-                if pending.is_some() {
-                    if let Poll::Ready(result) = self.conn.poll_new_outbound(cx) {
-                        if let Some(tx) = pending.take() {
-                            let _ = tx.send(result);
-                        }
-                        continue;
+                if pending.is_some()
+                    && let Poll::Ready(result) = self.conn.poll_new_outbound(cx)
+                {
+                    if let Some(tx) = pending.take() {
+                        let _ = tx.send(result);
                     }
+                    continue;
                 }
                 match self.conn.poll_next_inbound(cx) {
                     Poll::Ready(Some(Ok(stream))) => {
@@ -199,7 +227,9 @@ impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
                             debug!("accept backlog full or closed; resetting inbound stream");
                         }
                     }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("connection error: {e}")),
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(format!("connection error: {e}"));
+                    }
                     Poll::Ready(None) => return Poll::Ready("closed by peer".to_owned()),
                     Poll::Pending => {
                         if !commands_open && self.inbound.is_closed() {
@@ -224,12 +254,18 @@ struct Watched<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         match &res {
             Poll::Ready(Err(_)) => self.state.mark_dead(),
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => self.state.mark_dead(),
+            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
+                self.state.mark_dead()
+            }
             _ => {}
         }
         res
@@ -237,7 +273,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Err(_)) = res {
             self.state.mark_dead();

@@ -239,7 +239,14 @@ impl Message {
     pub(crate) fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let mut w = Writer(vec![0, 0]);
         match self {
-            Self::Hello { version, role, token, device, services, public } => {
+            Self::Hello {
+                version,
+                role,
+                token,
+                device,
+                services,
+                public,
+            } => {
                 w.u8(0x01);
                 w.u8(*version);
                 w.u8(*role as u8);
@@ -255,7 +262,11 @@ impl Message {
                     w.u16(*port);
                 }
             }
-            Self::Welcome { heartbeat_ms, identity, public } => {
+            Self::Welcome {
+                heartbeat_ms,
+                identity,
+                public,
+            } => {
                 w.u8(0x02);
                 w.0.extend_from_slice(&heartbeat_ms.to_be_bytes());
                 w.str8(identity)?;
@@ -275,7 +286,11 @@ impl Message {
                 w.str8(device)?;
                 w.str8(service)?;
             }
-            Self::Incoming { service, caller, peer } => {
+            Self::Incoming {
+                service,
+                caller,
+                peer,
+            } => {
                 w.u8(0x11);
                 w.str8(service)?;
                 w.str8(caller)?;
@@ -310,7 +325,10 @@ impl Message {
             }
         }
         let len = w.0.len() - 2;
-        let len16 = u16::try_from(len).map_err(|_| FrameError::TooLong { len, max: MAX_FRAME_LEN })?;
+        let len16 = u16::try_from(len).map_err(|_| FrameError::TooLong {
+            len,
+            max: MAX_FRAME_LEN,
+        })?;
         w.0[..2].copy_from_slice(&len16.to_be_bytes());
         Ok(w.0)
     }
@@ -338,7 +356,14 @@ impl Message {
                 for _ in 0..n {
                     public.push((r.str8()?, r.u16()?));
                 }
-                Self::Hello { version, role, token, device, services, public }
+                Self::Hello {
+                    version,
+                    role,
+                    token,
+                    device,
+                    services,
+                    public,
+                }
             }
             0x02 => {
                 let heartbeat_ms = u32::from_be_bytes(r.array()?);
@@ -348,14 +373,31 @@ impl Message {
                 for _ in 0..n {
                     public.push((r.str8()?, r.u16()?));
                 }
-                Self::Welcome { heartbeat_ms, identity, public }
+                Self::Welcome {
+                    heartbeat_ms,
+                    identity,
+                    public,
+                }
             }
-            0x03 => Self::Refused { code: RefusalCode::from_u8(r.u8()?), message: r.str8()? },
-            0x10 => Self::Open { device: r.str8()?, service: r.str8()? },
-            0x11 => Self::Incoming { service: r.str8()?, caller: r.str8()?, peer: r.str8()? },
+            0x03 => Self::Refused {
+                code: RefusalCode::from_u8(r.u8()?),
+                message: r.str8()?,
+            },
+            0x10 => Self::Open {
+                device: r.str8()?,
+                service: r.str8()?,
+            },
+            0x11 => Self::Incoming {
+                service: r.str8()?,
+                caller: r.str8()?,
+                peer: r.str8()?,
+            },
             0x12 => {
                 let code = StatusCode::from_u8(r.u8()?).ok_or(FrameError::Malformed("status"))?;
-                Self::Status { code, message: r.str8()? }
+                Self::Status {
+                    code,
+                    message: r.str8()?,
+                }
             }
             0x13 => Self::List,
             0x14 => {
@@ -370,7 +412,11 @@ impl Message {
                     for _ in 0..k {
                         services.push(r.str8()?);
                     }
-                    entries.push(DeviceEntry { device, online, services });
+                    entries.push(DeviceEntry {
+                        device,
+                        online,
+                        services,
+                    });
                 }
                 Self::DeviceList(entries)
             }
@@ -415,7 +461,8 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
 pub(crate) fn is_valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 struct Writer(Vec<u8>);
@@ -536,24 +583,47 @@ mod tests {
                 "000a0101020002746b000000",
             ),
             (
-                Message::Welcome { heartbeat_ms: 5000, identity: "pi".into(), public: vec![] },
+                Message::Welcome {
+                    heartbeat_ms: 5000,
+                    identity: "pi".into(),
+                    public: vec![],
+                },
                 "0009020000138802706900",
             ),
             (
-                Message::Refused { code: RefusalCode::AuthFailed, message: "no".into() },
+                Message::Refused {
+                    code: RefusalCode::AuthFailed,
+                    message: "no".into(),
+                },
                 "00050301026e6f",
             ),
             (
-                Message::Open { device: "pi".into(), service: "ssh".into() },
+                Message::Open {
+                    device: "pi".into(),
+                    service: "ssh".into(),
+                },
                 "0008100270690373 7368",
             ),
             (
-                Message::Incoming { service: "ssh".into(), caller: "ann".into(), peer: String::new() },
+                Message::Incoming {
+                    service: "ssh".into(),
+                    caller: "ann".into(),
+                    peer: String::new(),
+                },
                 "000a110373736803616e6e00",
             ),
-            (Message::Status { code: StatusCode::Ok, message: String::new() }, "0003120000"),
             (
-                Message::Status { code: StatusCode::TargetRefused, message: "x".into() },
+                Message::Status {
+                    code: StatusCode::Ok,
+                    message: String::new(),
+                },
+                "0003120000",
+            ),
+            (
+                Message::Status {
+                    code: StatusCode::TargetRefused,
+                    message: "x".into(),
+                },
                 "000412040178",
             ),
             (Message::List, "000113"),
@@ -595,9 +665,18 @@ mod tests {
 
     #[test]
     fn trailing_bytes_and_unknown_types_are_refused() {
-        assert!(matches!(Message::decode(&[0x13, 0]), Err(FrameError::Malformed(_))));
-        assert!(matches!(Message::decode(&[0x7f]), Err(FrameError::UnknownType(0x7f))));
-        assert!(matches!(Message::decode(&[]), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            Message::decode(&[0x13, 0]),
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            Message::decode(&[0x7f]),
+            Err(FrameError::UnknownType(0x7f))
+        ));
+        assert!(matches!(
+            Message::decode(&[]),
+            Err(FrameError::Malformed(_))
+        ));
         // Status with an unknown code.
         assert!(Message::decode(&[0x12, 0x99, 0]).is_err());
     }
@@ -606,7 +685,10 @@ mod tests {
     fn list_counts_above_the_cap_are_refused_before_allocating() {
         // Hello claiming 255 services in a 10-byte frame.
         let body = [0x01, 1, 1, 0, 0, 0, 0xff];
-        assert!(matches!(Message::decode(&body), Err(FrameError::Malformed("too many items"))));
+        assert!(matches!(
+            Message::decode(&body),
+            Err(FrameError::Malformed("too many items"))
+        ));
         // Device list claiming 65535 entries with no bytes behind the count.
         assert!(Message::decode(&[0x14, 0xff, 0xff]).is_err());
     }
@@ -615,21 +697,33 @@ mod tests {
     async fn read_frame_refuses_a_length_over_the_cap_without_reading_the_body() {
         let mut input: &[u8] = &[0xff, 0xff, 0x01];
         let err = read_frame(&mut input, MAX_HELLO_LEN).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLong { len: 65535, max: MAX_HELLO_LEN }));
+        assert!(matches!(
+            err,
+            FrameError::TooLong {
+                len: 65535,
+                max: MAX_HELLO_LEN
+            }
+        ));
         assert_eq!(input, &[0x01], "the body must not be consumed");
     }
 
     #[tokio::test]
     async fn frames_round_trip_through_an_io_stream() {
         let (mut a, mut b) = tokio::io::duplex(64);
-        let msg = Message::Open { device: "pi-42".into(), service: "ssh".into() };
+        let msg = Message::Open {
+            device: "pi-42".into(),
+            service: "ssh".into(),
+        };
         write_frame(&mut a, &msg).await.unwrap();
         assert_eq!(read_frame(&mut b, MAX_HEADER_LEN).await.unwrap(), msg);
     }
 
     #[test]
     fn long_messages_are_cut_on_a_char_boundary() {
-        let msg = Message::Status { code: StatusCode::Denied, message: "é".repeat(200) };
+        let msg = Message::Status {
+            code: StatusCode::Denied,
+            message: "é".repeat(200),
+        };
         let bytes = msg.encode().unwrap();
         let Message::Status { message, .. } = Message::decode(&bytes[2..]).unwrap() else {
             panic!("not a status")

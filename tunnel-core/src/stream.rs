@@ -29,18 +29,28 @@ pub struct Stream {
 
 impl Stream {
     pub(crate) fn new(inner: RawStream, session: Arc<SessionState>) -> Self {
-        Self { inner, session, write_closed: false }
+        Self {
+            inner,
+            session,
+            write_closed: false,
+        }
     }
 }
 
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stream").field("id", &self.inner.get_ref().id()).finish()
+        f.debug_struct("Stream")
+            .field("id", &self.inner.get_ref().id())
+            .finish()
     }
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
         std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
@@ -64,13 +74,21 @@ impl AsyncRead for Stream {
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        Pin::new(&mut this.inner).poll_write(cx, buf).map_err(|e| reset_if_dead(e, &this.session))
+        Pin::new(&mut this.inner)
+            .poll_write(cx, buf)
+            .map_err(|e| reset_if_dead(e, &this.session))
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        Pin::new(&mut this.inner).poll_flush(cx).map_err(|e| reset_if_dead(e, &this.session))
+        Pin::new(&mut this.inner)
+            .poll_flush(cx)
+            .map_err(|e| reset_if_dead(e, &this.session))
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;

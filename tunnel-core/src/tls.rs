@@ -33,7 +33,9 @@ impl SpkiPin {
         let cert = CertificateDer::from(cert_der);
         let parsed = webpki::EndEntityCert::try_from(&cert)
             .map_err(|e| ConfigError::Certificate(format!("cannot parse certificate: {e}")))?;
-        Ok(Self(Sha256::digest(parsed.subject_public_key_info().as_ref()).into()))
+        Ok(Self(
+            Sha256::digest(parsed.subject_public_key_info().as_ref()).into(),
+        ))
     }
 }
 
@@ -84,7 +86,10 @@ pub(crate) fn load_roots(path: &Path) -> Result<RootCertStore, ConfigError> {
                 .map_err(|e| ConfigError::Certificate(format!("{}: {e}", path.display())))?;
         }
         if roots.is_empty() {
-            return Err(ConfigError::Certificate(format!("{}: no certificates", path.display())));
+            return Err(ConfigError::Certificate(format!(
+                "{}: no certificates",
+                path.display()
+            )));
         }
         Ok(roots)
     }
@@ -114,19 +119,27 @@ pub struct TlsIdentity {
 
 impl Clone for TlsIdentity {
     fn clone(&self) -> Self {
-        Self { chain: self.chain.clone(), key: self.key.clone_key() }
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
 impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsIdentity").field("pin", &self.pin().ok()).finish_non_exhaustive()
+        f.debug_struct("TlsIdentity")
+            .field("pin", &self.pin().ok())
+            .finish_non_exhaustive()
     }
 }
 
 impl TlsIdentity {
     /// Loads a PEM certificate chain (leaf first) and a PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<Self, ConfigError> {
+    pub fn from_pem_files(
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, ConfigError> {
         let (cert, key) = (cert.as_ref(), key.as_ref());
         let chain = CertificateDer::pem_file_iter(cert)
             .map_err(|e| pem_error(cert, e))?
@@ -146,9 +159,14 @@ impl TlsIdentity {
         Self::from_der(chain, key)
     }
 
-    fn from_der(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<Self, ConfigError> {
+    fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, ConfigError> {
         if chain.is_empty() {
-            return Err(ConfigError::Certificate("no certificate in the chain".into()));
+            return Err(ConfigError::Certificate(
+                "no certificate in the chain".into(),
+            ));
         }
         // Catch a key that does not belong to the certificate now, not at the first handshake.
         let signing = provider()
@@ -156,9 +174,9 @@ impl TlsIdentity {
             .load_private_key(key.clone_key())
             .map_err(|e| ConfigError::Certificate(format!("unusable private key: {e}")))?;
         let certified = rustls::sign::CertifiedKey::new(chain.clone(), signing);
-        certified
-            .keys_match()
-            .map_err(|e| ConfigError::Certificate(format!("key does not match certificate: {e}")))?;
+        certified.keys_match().map_err(|e| {
+            ConfigError::Certificate(format!("key does not match certificate: {e}"))
+        })?;
         Ok(Self { chain, key })
     }
 
@@ -167,7 +185,9 @@ impl TlsIdentity {
     pub fn generate_self_signed(names: &[&str]) -> Result<Self, ConfigError> {
         let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
         let rcgen::CertifiedKey { cert, signing_key } = rcgen::generate_simple_self_signed(names)
-            .map_err(|e| ConfigError::Certificate(format!("cannot generate certificate: {e}")))?;
+            .map_err(|e| {
+            ConfigError::Certificate(format!("cannot generate certificate: {e}"))
+        })?;
         let key = PrivateKeyDer::try_from(signing_key.serialize_der())
             .map_err(|e| ConfigError::Certificate(format!("generated key: {e}")))?;
         Self::from_der(vec![cert.der().clone()], key)
@@ -179,14 +199,21 @@ impl TlsIdentity {
     }
 
     /// Writes the chain and the key as PEM files; the key file is readable by its owner only.
-    pub fn save_pem_files(&self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<(), ConfigError> {
+    pub fn save_pem_files(
+        &self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<(), ConfigError> {
         crate::util::write_private(key.as_ref(), self.key_pem().as_bytes())?;
         crate::util::write_private(cert.as_ref(), self.cert_pem().as_bytes())
     }
 
     /// The chain as PEM text (leaf first).
     pub fn cert_pem(&self) -> String {
-        self.chain.iter().map(|c| pem_block("CERTIFICATE", c.as_ref())).collect()
+        self.chain
+            .iter()
+            .map(|c| pem_block("CERTIFICATE", c.as_ref()))
+            .collect()
     }
 
     /// The private key as PKCS#8 PEM text. Handle with care: this is the secret.
@@ -244,7 +271,10 @@ pub(crate) fn client_config(
         RelayTrust::Roots(roots) => builder.with_root_certificates(roots.clone()),
         RelayTrust::Pin(pin) => builder
             .dangerous() // a custom verifier; it still checks the handshake signature
-            .with_custom_certificate_verifier(Arc::new(PinVerifier { pin: *pin, provider })),
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: *pin,
+                provider,
+            })),
     };
     let mut config = match client_cert {
         Some(id) => builder
@@ -284,7 +314,9 @@ impl ServerCertVerifier for PinVerifier {
             Ok(_) => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             )),
-            Err(_) => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)),
+            Err(_) => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            )),
         }
     }
 
@@ -317,7 +349,9 @@ impl ServerCertVerifier for PinVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -336,7 +370,13 @@ mod tests {
 
     #[test]
     fn malformed_pins_are_refused() {
-        for bad in ["", "sha256:", "sha256:zz", "md5:00", &format!("sha256:{}", "0".repeat(63))] {
+        for bad in [
+            "",
+            "sha256:",
+            "sha256:zz",
+            "md5:00",
+            &format!("sha256:{}", "0".repeat(63)),
+        ] {
             assert!(bad.parse::<SpkiPin>().is_err(), "{bad}");
         }
     }

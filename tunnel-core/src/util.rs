@@ -7,7 +7,10 @@ use crate::error::ConfigError;
 /// Writes a file readable only by its owner (tokens, keys).
 pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), ConfigError> {
     use std::io::Write;
-    let io_err = |source| ConfigError::Io { path: path.to_owned(), source };
+    let io_err = |source| ConfigError::Io {
+        path: path.to_owned(),
+        source,
+    };
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]

@@ -24,7 +24,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::auth::{AuthRequest, Authenticator, Identity, Token};
 use crate::config::{DEFAULT_HEARTBEAT, Limits, MIN_HEARTBEAT};
 use crate::error::{ConfigError, RelayError};
-use crate::protocol::{self, ALPN, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, RefusalCode, Role, VERSION};
+use crate::protocol::{
+    self, ALPN, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, RefusalCode, Role, VERSION,
+};
 use crate::tls::{SpkiPin, TlsIdentity};
 use registry::Registry;
 
@@ -106,14 +108,25 @@ impl RelayBuilder {
                 self.heartbeat
             )));
         }
-        if self.public_ports.as_ref().is_some_and(|r| r.is_empty() || *r.start() == 0) {
-            return Err(ConfigError::Invalid("public port range is empty or starts at 0".into()));
+        if self
+            .public_ports
+            .as_ref()
+            .is_some_and(|r| r.is_empty() || *r.start() == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "public port range is empty or starts at 0".into(),
+            ));
         }
         if self.max_handshakes == 0 || self.max_handshakes_per_ip == 0 {
-            return Err(ConfigError::Invalid("handshake caps must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "handshake caps must be at least 1".into(),
+            ));
         }
         let pin = self.identity.pin()?;
-        let tls = TlsAcceptor::from(crate::tls::server_config(&self.identity, self.client_roots)?);
+        let tls = TlsAcceptor::from(crate::tls::server_config(
+            &self.identity,
+            self.client_roots,
+        )?);
         Ok(Relay {
             inner: Arc::new(Inner {
                 tls,
@@ -180,7 +193,9 @@ struct Inner {
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Relay").field("pin", &self.inner.pin).finish_non_exhaustive()
+        f.debug_struct("Relay")
+            .field("pin", &self.inner.pin)
+            .finish_non_exhaustive()
     }
 }
 
@@ -209,8 +224,14 @@ impl Relay {
 
     /// IDs of the devices online right now, sorted.
     pub fn online_devices(&self) -> Vec<String> {
-        let mut ids: Vec<String> =
-            self.inner.registry.snapshot().into_iter().filter(|d| d.1).map(|d| d.0).collect();
+        let mut ids: Vec<String> = self
+            .inner
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter(|d| d.1)
+            .map(|d| d.0)
+            .collect();
         ids.sort();
         ids
     }
@@ -218,7 +239,11 @@ impl Relay {
     /// Serves connections from `listener` until `shutdown` completes, then stops accepting,
     /// refuses new streams, lets running streams finish for the grace period and closes
     /// every session. The caller owns the listener (bind `127.0.0.1:0` in tests).
-    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), RelayError> {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RelayError> {
         let local = listener.local_addr()?;
         info!(%local, pin = %self.inner.pin, "relay listening");
         tokio::pin!(shutdown);
@@ -245,8 +270,14 @@ impl Relay {
         info!(grace = ?inner.grace, streams = inner.streams.len(), "relay shutting down");
         inner.draining.cancel();
         inner.streams.close();
-        if tokio::time::timeout(inner.grace, inner.streams.wait()).await.is_err() {
-            warn!(streams = inner.streams.len(), "grace period over; cutting running streams");
+        if tokio::time::timeout(inner.grace, inner.streams.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                streams = inner.streams.len(),
+                "grace period over; cutting running streams"
+            );
         }
         inner.closing.cancel();
         for online in inner.registry.drain() {
@@ -267,7 +298,9 @@ impl Relay {
         let span = info_span!("conn", %peer);
         self.inner.connections.spawn(
             async move {
-                let Some((tls, hello, identity)) = relay.handshake(tcp, peer).await else { return };
+                let Some((tls, hello, identity)) = relay.handshake(tcp, peer).await else {
+                    return;
+                };
                 drop(permit);
                 session::run(relay.inner.clone(), tls, hello, identity).await;
             }
@@ -277,13 +310,21 @@ impl Relay {
 
     fn handshake_permit(&self, ip: IpAddr) -> Option<HandshakePermit> {
         let global = self.inner.handshakes.clone().try_acquire_owned().ok()?;
-        let mut per_ip = self.inner.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut per_ip = self
+            .inner
+            .per_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= self.inner.max_per_ip {
             return None;
         }
         *n += 1;
-        Some(HandshakePermit { relay: self.inner.clone(), ip, _global: global })
+        Some(HandshakePermit {
+            relay: self.inner.clone(),
+            ip,
+            _global: global,
+        })
     }
 
     /// TLS, ALPN, hello and authentication, under one deadline. Failures are answered with
@@ -291,7 +332,11 @@ impl Relay {
     async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<(Tls, Hello, Identity)> {
         let inner = &self.inner;
         let attempt = async {
-            let mut tls = inner.tls.accept(tcp).await.map_err(|e| format!("tls: {e}"))?;
+            let mut tls = inner
+                .tls
+                .accept(tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
             if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
                 return Err("client did not negotiate ALPN tunnel/1".to_owned());
             }
@@ -323,27 +368,70 @@ impl Relay {
         }
     }
 
-    async fn check_hello(&self, msg: Message, tls: &Tls, peer: SocketAddr) -> Result<(Hello, Identity), Refusal> {
-        let Message::Hello { version, role, token, device, services, public } = msg else {
-            return Err(refusal(RefusalCode::BadRequest, "expected hello", "first frame not a hello"));
+    async fn check_hello(
+        &self,
+        msg: Message,
+        tls: &Tls,
+        peer: SocketAddr,
+    ) -> Result<(Hello, Identity), Refusal> {
+        let Message::Hello {
+            version,
+            role,
+            token,
+            device,
+            services,
+            public,
+        } = msg
+        else {
+            return Err(refusal(
+                RefusalCode::BadRequest,
+                "expected hello",
+                "first frame not a hello",
+            ));
         };
         if version != VERSION {
-            let text = format!("protocol version {version} not supported; this relay speaks {VERSION}");
+            let text =
+                format!("protocol version {version} not supported; this relay speaks {VERSION}");
             return Err(refusal(RefusalCode::UnsupportedVersion, &text, &text));
         }
-        let hello = Hello { role, device, services, public };
-        hello.validate().map_err(|m| refusal(RefusalCode::BadRequest, &m, &m))?;
+        let hello = Hello {
+            role,
+            device,
+            services,
+            public,
+        };
+        hello
+            .validate()
+            .map_err(|m| refusal(RefusalCode::BadRequest, &m, &m))?;
         let request = AuthRequest {
             peer,
             token: (!token.is_empty()).then(|| Token::new(token)),
-            client_cert: tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+            client_cert: tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
             device: (role == Role::Device).then(|| hello.device.clone()),
         };
-        let identity = self.inner.authenticator.authenticate(&request).await.map_err(|e| {
-            refusal(RefusalCode::AuthFailed, "authentication failed", &e.to_string())
-        })?;
+        let identity = self
+            .inner
+            .authenticator
+            .authenticate(&request)
+            .await
+            .map_err(|e| {
+                refusal(
+                    RefusalCode::AuthFailed,
+                    "authentication failed",
+                    &e.to_string(),
+                )
+            })?;
         if self.inner.draining.is_cancelled() {
-            return Err(refusal(RefusalCode::Unavailable, "relay is shutting down", "draining"));
+            return Err(refusal(
+                RefusalCode::Unavailable,
+                "relay is shutting down",
+                "draining",
+            ));
         }
         Ok((hello, identity))
     }
@@ -358,7 +446,10 @@ fn refusal(code: RefusalCode, message: &str, log: &str) -> Refusal {
 }
 
 async fn refuse(tls: &mut Tls, code: RefusalCode, message: &str) {
-    let msg = Message::Refused { code, message: message.to_owned() };
+    let msg = Message::Refused {
+        code,
+        message: message.to_owned(),
+    };
     let _ = protocol::write_frame(tls, &msg).await;
     let _ = tls.shutdown().await;
 }
@@ -408,7 +499,11 @@ struct HandshakePermit {
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        let mut per_ip = self.relay.per_ip.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut per_ip = self
+            .relay
+            .per_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

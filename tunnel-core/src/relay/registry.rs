@@ -42,12 +42,15 @@ pub(super) enum Claim {
     Taken,
 }
 
+/// Offline devices: device → services, and insertion order to forget the oldest first.
+type Offline = (HashMap<String, Vec<String>>, std::collections::VecDeque<String>);
+
 #[derive(Default)]
 pub(super) struct Registry {
     online: Mutex<HashMap<String, Online>>,
     /// Device → services, for devices seen since start that are offline now; with insertion
     /// order to forget the oldest first.
-    offline: Mutex<(HashMap<String, Vec<String>>, std::collections::VecDeque<String>)>,
+    offline: Mutex<Offline>,
     next_generation: AtomicU64,
 }
 
@@ -75,12 +78,18 @@ impl Registry {
     /// Removes the device if `generation` still holds it (a newer session may have replaced it).
     pub(super) fn remove(&self, device: &str, generation: u64) -> Option<Online> {
         let mut online = lock(&self.online);
-        if online.get(device).is_some_and(|e| e.generation == generation) {
+        if online
+            .get(device)
+            .is_some_and(|e| e.generation == generation)
+        {
             let entry = online.remove(device)?;
             drop(online);
             let mut offline = lock(&self.offline);
             let (map, order) = &mut *offline;
-            if map.insert(device.to_owned(), entry.services.clone()).is_none() {
+            if map
+                .insert(device.to_owned(), entry.services.clone())
+                .is_none()
+            {
                 order.push_back(device.to_owned());
             }
             while map.len() > MAX_REMEMBERED_OFFLINE {

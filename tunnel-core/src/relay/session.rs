@@ -38,13 +38,19 @@ pub(super) async fn run(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity:
 async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Identity) {
     let device = hello.device.clone();
     if !identity.grants().may_register(&device) {
-        info!(identity = identity.name(), device, "credential may not register this device id");
+        info!(
+            identity = identity.name(),
+            device, "credential may not register this device id"
+        );
         let msg = format!("credential may not register as device {device}");
         return refuse(&mut tls, RefusalCode::DeviceIdDenied, &msg).await;
     }
     match relay.registry.claim(&device, identity.name()) {
         Claim::Taken => {
-            warn!(identity = identity.name(), device, "device id held by another credential");
+            warn!(
+                identity = identity.name(),
+                device, "device id held by another credential"
+            );
             let msg = format!("device id {device} is in use by another credential");
             return refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
         }
@@ -58,7 +64,10 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
         Ok(l) => l,
         Err(message) => return refuse(&mut tls, RefusalCode::PublicPortDenied, &message).await,
     };
-    let ports: Vec<(String, u16)> = listeners.iter().map(|(s, l)| (s.clone(), port_of(l))).collect();
+    let ports: Vec<(String, u16)> = listeners
+        .iter()
+        .map(|(s, l)| (s.clone(), port_of(l)))
+        .collect();
     if !welcome(&mut tls, &relay, &identity, ports.clone()).await {
         return;
     }
@@ -68,10 +77,18 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
         .into_iter()
         .map(|(service, listener)| {
             let span = info_span!("public", %service, port = port_of(&listener));
-            tokio::spawn(public_accept(relay.clone(), session.clone(), service, listener).instrument(span))
+            tokio::spawn(
+                public_accept(relay.clone(), session.clone(), service, listener).instrument(span),
+            )
         })
         .collect();
-    let entry = Online { generation, identity: identity.name().to_owned(), services: hello.services, session: session.clone(), public_tasks };
+    let entry = Online {
+        generation,
+        identity: identity.name().to_owned(),
+        services: hello.services,
+        session: session.clone(),
+        public_tasks,
+    };
     if let Some(raced) = relay.registry.insert(&device, entry) {
         raced.evict().await;
     }
@@ -83,14 +100,28 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
     info!(device, "device offline");
 }
 
-async fn welcome(tls: &mut Tls, relay: &Inner, identity: &Identity, public: Vec<(String, u16)>) -> bool {
+async fn welcome(
+    tls: &mut Tls,
+    relay: &Inner,
+    identity: &Identity,
+    public: Vec<(String, u16)>,
+) -> bool {
     let heartbeat_ms = u32::try_from(relay.heartbeat.as_millis()).unwrap_or(u32::MAX);
-    let msg = Message::Welcome { heartbeat_ms, identity: identity.name().to_owned(), public };
+    let msg = Message::Welcome {
+        heartbeat_ms,
+        identity: identity.name().to_owned(),
+        public,
+    };
     protocol::write_frame(tls, &msg).await.is_ok()
 }
 
 fn start(relay: &Inner, tls: Tls) -> (Session, Inbound) {
-    Session::spawn(tls, &relay.limits, yamux::Mode::Server, tracing::Span::current())
+    Session::spawn(
+        tls,
+        &relay.limits,
+        yamux::Mode::Server,
+        tracing::Span::current(),
+    )
 }
 
 fn port_of(listener: &TcpListener) -> u16 {
@@ -98,7 +129,11 @@ fn port_of(listener: &TcpListener) -> u16 {
 }
 
 /// Binds the requested public ports, if the relay and the credential allow them.
-async fn bind_public(relay: &Inner, identity: &Identity, wanted: &[(String, u16)]) -> Result<Vec<(String, TcpListener)>, String> {
+async fn bind_public(
+    relay: &Inner,
+    identity: &Identity,
+    wanted: &[(String, u16)],
+) -> Result<Vec<(String, TcpListener)>, String> {
     if wanted.is_empty() {
         return Ok(vec![]);
     }
@@ -118,11 +153,18 @@ async fn bind_public(relay: &Inner, identity: &Identity, wanted: &[(String, u16)
                     break;
                 }
             }
-            found.ok_or_else(|| format!("no free port left in {}-{}", range.start(), range.end()))?
+            found
+                .ok_or_else(|| format!("no free port left in {}-{}", range.start(), range.end()))?
         } else if range.contains(port) {
-            TcpListener::bind((relay.public_bind, *port)).await.map_err(|e| format!("port {port}: {e}"))?
+            TcpListener::bind((relay.public_bind, *port))
+                .await
+                .map_err(|e| format!("port {port}: {e}"))?
         } else {
-            return Err(format!("port {port} is outside the allowed range {}-{}", range.start(), range.end()));
+            return Err(format!(
+                "port {port} is outside the allowed range {}-{}",
+                range.start(),
+                range.end()
+            ));
         };
         bound.push((service.clone(), listener));
     }
@@ -174,18 +216,34 @@ async fn watchdog(mut beats: watch::Receiver<Instant>, dead_after: Duration) {
 }
 
 /// Reads a stream's header and serves it. Devices may only open the control stream.
-async fn handle_stream(relay: Arc<Inner>, mut stream: Stream, access: Option<Arc<Identity>>, beats: Arc<watch::Sender<Instant>>) {
-    let header = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, protocol::read_frame(&mut stream, MAX_HEADER_LEN)).await {
+async fn handle_stream(
+    relay: Arc<Inner>,
+    mut stream: Stream,
+    access: Option<Arc<Identity>>,
+    beats: Arc<watch::Sender<Instant>>,
+) {
+    let header = match tokio::time::timeout(
+        STREAM_OPEN_TIMEOUT,
+        protocol::read_frame(&mut stream, MAX_HEADER_LEN),
+    )
+    .await
+    {
         Ok(Ok(m)) => m,
         Ok(Err(e)) => return debug!(error = %e, "bad stream header"),
         Err(_) => return debug!("stream header timed out"),
     };
     match (header, access) {
         (Message::Control, _) => control(stream, beats).await,
-        (Message::Open { device, service }, Some(identity)) => open(&relay, stream, &identity, device, service).await,
+        (Message::Open { device, service }, Some(identity)) => {
+            open(&relay, stream, &identity, device, service).await
+        }
         (Message::List, Some(identity)) => list(&relay, stream, &identity).await,
         (other, access) => {
-            let why = if access.is_none() { "devices may only open the control stream" } else { "unexpected header" };
+            let why = if access.is_none() {
+                "devices may only open the control stream"
+            } else {
+                "unexpected header"
+            };
             debug!(header = other.name(), why, "refusing stream");
             status(&mut stream, StatusCode::BadRequest, why).await;
         }
@@ -196,25 +254,42 @@ async fn handle_stream(relay: Arc<Inner>, mut stream: Stream, access: Option<Arc
 async fn control(mut stream: Stream, beats: Arc<watch::Sender<Instant>>) {
     while let Ok(Message::Ping(n)) = protocol::read_frame(&mut stream, MAX_HEADER_LEN).await {
         beats.send_replace(Instant::now());
-        if protocol::write_frame(&mut stream, &Message::Pong(n)).await.is_err() {
+        if protocol::write_frame(&mut stream, &Message::Pong(n))
+            .await
+            .is_err()
+        {
             break;
         }
     }
 }
 
 async fn status(stream: &mut Stream, code: StatusCode, message: &str) {
-    let msg = Message::Status { code, message: message.to_owned() };
+    let msg = Message::Status {
+        code,
+        message: message.to_owned(),
+    };
     let _ = protocol::write_frame(stream, &msg).await;
 }
 
 /// An access client asks for `device`/`service`: authorize, find the device, ask it, and
 /// join the two streams if it accepts.
-async fn open(relay: &Arc<Inner>, mut stream: Stream, identity: &Identity, device: String, service: String) {
+async fn open(
+    relay: &Arc<Inner>,
+    mut stream: Stream,
+    identity: &Identity,
+    device: String,
+    service: String,
+) {
     let span = info_span!("stream", caller = identity.name(), %device, %service);
     async {
         // Grants first: a caller must not learn whether a device it may not reach is online.
         if !protocol::is_valid_name(&device) || !protocol::is_valid_name(&service) {
-            return status(&mut stream, StatusCode::BadRequest, "invalid device or service name").await;
+            return status(
+                &mut stream,
+                StatusCode::BadRequest,
+                "invalid device or service name",
+            )
+            .await;
         }
         if !identity.grants().may_access(&device, &service) {
             info!("denied");
@@ -222,17 +297,31 @@ async fn open(relay: &Arc<Inner>, mut stream: Stream, identity: &Identity, devic
             return status(&mut stream, StatusCode::Denied, &msg).await;
         }
         if relay.draining.is_cancelled() {
-            return status(&mut stream, StatusCode::Unavailable, "relay is shutting down").await;
+            return status(
+                &mut stream,
+                StatusCode::Unavailable,
+                "relay is shutting down",
+            )
+            .await;
         }
         let Some((session, services)) = relay.registry.lookup(&device) else {
             info!("device offline");
-            return status(&mut stream, StatusCode::DeviceOffline, &format!("device {device} is not connected")).await;
+            return status(
+                &mut stream,
+                StatusCode::DeviceOffline,
+                &format!("device {device} is not connected"),
+            )
+            .await;
         };
         if !services.contains(&service) {
             let msg = format!("device {device} offers no service {service}");
             return status(&mut stream, StatusCode::UnknownService, &msg).await;
         }
-        let incoming = Message::Incoming { service: service.clone(), caller: identity.name().to_owned(), peer: String::new() };
+        let incoming = Message::Incoming {
+            service: service.clone(),
+            caller: identity.name().to_owned(),
+            peer: String::new(),
+        };
         match ask_device(&session, &incoming).await {
             Ok(device_stream) => {
                 status(&mut stream, StatusCode::Ok, "").await;
@@ -251,14 +340,20 @@ async fn open(relay: &Arc<Inner>, mut stream: Stream, identity: &Identity, devic
 /// Opens a stream to the device, sends the `Incoming` header and waits for its answer.
 async fn ask_device(session: &Session, incoming: &Message) -> Result<Stream, (StatusCode, String)> {
     let unavailable = |m: String| (StatusCode::Unavailable, m);
-    let raw = session.open().await.map_err(|e| unavailable(format!("cannot reach the device: {e}")))?;
+    let raw = session
+        .open()
+        .await
+        .map_err(|e| unavailable(format!("cannot reach the device: {e}")))?;
     let mut stream = Stream::new(raw.compat(), session.state.clone());
     let answer = async {
         protocol::write_frame(&mut stream, incoming).await?;
         protocol::read_frame(&mut stream, MAX_HEADER_LEN).await
     };
     match tokio::time::timeout(STREAM_OPEN_TIMEOUT, answer).await {
-        Ok(Ok(Message::Status { code: StatusCode::Ok, .. })) => Ok(stream),
+        Ok(Ok(Message::Status {
+            code: StatusCode::Ok,
+            ..
+        })) => Ok(stream),
         Ok(Ok(Message::Status { code, message })) => Err((code, message)),
         Ok(Ok(other)) => Err(unavailable(format!("device answered {}", other.name()))),
         Ok(Err(e)) => Err(unavailable(format!("device stream failed: {e}"))),
@@ -271,7 +366,9 @@ fn spawn_splice(relay: &Inner, mut access: Stream, mut device: Stream) {
     let task = async move {
         join(&mut access, &mut device).await;
     };
-    relay.streams.spawn(task.instrument(tracing::Span::current()));
+    relay
+        .streams
+        .spawn(task.instrument(tracing::Span::current()));
 }
 
 /// Joins a public TCP connection to a device stream; an abrupt end resets the TCP side.
@@ -281,7 +378,9 @@ fn spawn_splice_tcp(relay: &Inner, mut tcp: TcpStream, mut device: Stream) {
             reset(tcp);
         }
     };
-    relay.streams.spawn(task.instrument(tracing::Span::current()));
+    relay
+        .streams
+        .spawn(task.instrument(tracing::Span::current()));
 }
 
 /// Copies both ways; returns whether both directions ended cleanly. On failure the caller
@@ -312,13 +411,24 @@ async fn list(relay: &Inner, mut stream: Stream, identity: &Identity) {
         .into_iter()
         .filter(|(d, _, _)| grants.may_access_device(d))
         .map(|(device, online, services)| {
-            let services = services.into_iter().filter(|s| grants.may_access(&device, s)).collect();
-            DeviceEntry { device, online, services }
+            let services = services
+                .into_iter()
+                .filter(|s| grants.may_access(&device, s))
+                .collect();
+            DeviceEntry {
+                device,
+                online,
+                services,
+            }
         })
         .collect();
     for named in grants.named_devices() {
         if !entries.iter().any(|e| e.device == named) {
-            entries.push(DeviceEntry { device: named.to_owned(), online: false, services: vec![] });
+            entries.push(DeviceEntry {
+                device: named.to_owned(),
+                online: false,
+                services: vec![],
+            });
         }
     }
     entries.sort_by(|a, b| a.device.cmp(&b.device));
@@ -330,7 +440,12 @@ async fn list(relay: &Inner, mut stream: Stream, identity: &Identity) {
 }
 
 /// Accepts connections on a public port and forwards each to the device.
-async fn public_accept(relay: Arc<Inner>, session: Session, service: String, listener: TcpListener) {
+async fn public_accept(
+    relay: Arc<Inner>,
+    session: Session,
+    service: String,
+    listener: TcpListener,
+) {
     info!("public port open");
     loop {
         let (tcp, peer) = tokio::select! {
@@ -350,7 +465,11 @@ async fn public_accept(relay: Arc<Inner>, session: Session, service: String, lis
         let span = info_span!("stream", caller = "public", %peer);
         tokio::spawn(
             async move {
-                let incoming = Message::Incoming { service, caller: "public".into(), peer: peer.to_string() };
+                let incoming = Message::Incoming {
+                    service,
+                    caller: "public".into(),
+                    peer: peer.to_string(),
+                };
                 match ask_device(&session, &incoming).await {
                     Ok(device_stream) => spawn_splice_tcp(&relay, tcp, device_stream),
                     Err((code, message)) => {
