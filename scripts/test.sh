@@ -16,6 +16,9 @@ echo "== cargo test"
 cargo build --quiet -p tunnel-examples --bins
 cargo test --workspace --quiet
 
+echo "== benches compile"
+cargo bench --workspace --no-run --quiet
+
 if [ -f python/pyproject.toml ] && [ -d python/tests ]; then
   echo "== python tests"
   python3 -m venv .venv
