@@ -186,16 +186,29 @@ fn tls_server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>,
     crate::tls::server_name(host)
 }
 
-/// Classifies a TLS handshake failure: certificate problems are permanent and named.
+/// Classifies a TLS failure: certificate problems on either side are permanent and named.
 fn tls_error(e: std::io::Error) -> ConnectError {
-    let cert_problem = e
+    use rustls::AlertDescription as A;
+    let rustls_error = e
         .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-    if cert_problem {
-        ConnectError::BadCertificate(e.to_string())
-    } else {
-        ConnectError::Tls(e)
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(_)) => ConnectError::BadCertificate(e.to_string()),
+        // With TLS 1.3 the relay judges our certificate after our side of the handshake
+        // is done, so this alert can also arrive while reading the welcome. DecryptError is
+        // what a certificate signed by an untrusted key with a trusted name earns.
+        Some(rustls::Error::AlertReceived(
+            A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateRequired
+            | A::AccessDenied
+            | A::DecryptError,
+        )) => ConnectError::CertificateRejected(e.to_string()),
+        _ => ConnectError::Tls(e),
     }
 }
 
@@ -204,6 +217,7 @@ fn protocol_error(e: protocol::FrameError) -> ConnectError {
         protocol::FrameError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
             ConnectError::Protocol("the relay closed the connection during the handshake".into())
         }
+        protocol::FrameError::Io(io) => tls_error(io),
         other => ConnectError::Protocol(other.to_string()),
     }
 }

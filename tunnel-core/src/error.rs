@@ -48,6 +48,9 @@ pub enum ConnectError {
     /// The relay's certificate did not match the pin or the CA roots.
     #[error("bad relay certificate: {0}")]
     BadCertificate(String),
+    /// The relay rejected our client certificate (unknown issuer, expired, revoked).
+    #[error("the relay rejected the client certificate: {0}")]
+    CertificateRejected(String),
     /// The TLS handshake failed for another reason.
     #[error("tls handshake failed: {0}")]
     Tls(#[source] io::Error),
@@ -79,7 +82,10 @@ impl ConnectError {
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Refused { code, .. } => code.is_permanent(),
-            Self::BadCertificate(_) | Self::Alpn | Self::Config(_) => true,
+            Self::BadCertificate(_)
+            | Self::CertificateRejected(_)
+            | Self::Alpn
+            | Self::Config(_) => true,
             _ => false,
         }
     }

@@ -151,10 +151,15 @@ impl Session {
         self.close.cancel();
     }
 
-    /// Waits until the driver has stopped.
+    /// Waits until the session is over: closed locally (heartbeat lost, replaced, stopped)
+    /// or its driver has stopped. The socket may still be flushing a GoAway for up to
+    /// [`CLOSE_TIMEOUT`]; nothing can be opened on it any more.
     pub(crate) async fn closed(&self) {
         let mut done = self.done.clone();
-        let _ = done.wait_for(|d| *d).await;
+        tokio::select! {
+            _ = done.wait_for(|d| *d) => {}
+            () = self.close.cancelled() => {}
+        }
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -43,7 +43,10 @@ pub(super) enum Claim {
 }
 
 /// Offline devices: device → services, and insertion order to forget the oldest first.
-type Offline = (HashMap<String, Vec<String>>, std::collections::VecDeque<String>);
+type Offline = (
+    HashMap<String, Vec<String>>,
+    std::collections::VecDeque<String>,
+);
 
 #[derive(Default)]
 pub(super) struct Registry {
