@@ -11,7 +11,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::auth::Token;
 use crate::config::{HEARTBEAT_MISSES, Limits, MIN_HEARTBEAT};
 use crate::error::{ConfigError, ConnectError};
-use crate::mux::{Inbound, Session};
+use crate::mux::{Inbound, Opener, Session};
 use crate::protocol::{self, ALPN, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, Role, VERSION};
 use crate::tls::{RelayTrust, TlsIdentity};
 
@@ -172,7 +172,12 @@ pub(crate) async fn connect(
         .await
         .map_err(|_| ConnectError::Timeout)??;
     let interval = Duration::from_millis(u64::from(heartbeat_ms)).max(MIN_HEARTBEAT);
-    let (session, inbound) = Session::spawn(tls, &cfg.limits, yamux::Mode::Client, span.clone());
+    let opener = match request.role {
+        Role::Access => Opener::Local,
+        Role::Device => Opener::Remote,
+    };
+    let (session, inbound) =
+        Session::spawn(tls, &cfg.limits, opener, yamux::Mode::Client, span.clone());
     tokio::spawn(heartbeat(session.clone(), interval).instrument(span));
     Ok(Connected {
         session,

@@ -64,6 +64,18 @@ impl SessionState {
     }
 }
 
+/// Which end opens the data streams of a session. The opener counts its streams against a
+/// slightly lower limit than the acceptor: yamux ends the *whole* session when a peer opens
+/// one stream over the acceptor's limit, and the acceptor releases a finished stream a
+/// little later than the opener does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opener {
+    /// This end opens the data streams (access client; relay towards a device).
+    Local,
+    /// The peer opens them (device; relay towards an access client).
+    Remote,
+}
+
 /// Handle to one yamux session. Cloning is cheap; the session ends when [`Session::close`]
 /// is called, the peer goes away, or every handle and the inbound receiver are dropped.
 #[derive(Clone, Debug)]
@@ -82,6 +94,7 @@ impl Session {
     pub(crate) fn spawn<T>(
         io: T,
         limits: &Limits,
+        opener: Opener,
         mode: yamux::Mode,
         span: tracing::Span,
     ) -> (Self, Inbound)
@@ -95,7 +108,7 @@ impl Session {
             inner: BufWriter::with_capacity(WRITE_BUFFER, io),
             state: state.clone(),
         };
-        let conn = yamux::Connection::new(io.compat(), yamux_config(limits), mode);
+        let conn = yamux::Connection::new(io.compat(), yamux_config(limits, opener), mode);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (done_tx, done_rx) = watch::channel(false);
@@ -167,11 +180,17 @@ impl Session {
     }
 }
 
-fn yamux_config(limits: &Limits) -> yamux::Config {
+fn yamux_config(limits: &Limits, opener: Opener) -> yamux::Config {
     let mut cfg = yamux::Config::default();
+    let max_streams = match opener {
+        Opener::Local => {
+            limits.max_streams - (limits.max_streams / 8).max(1).min(limits.max_streams - 1)
+        }
+        Opener::Remote => limits.max_streams,
+    };
     // Order matters: yamux asserts window >= streams * 256 KiB on every setter call, so
     // shrink the stream count before the window. `Limits` validated the pair already.
-    cfg.set_max_num_streams(limits.max_streams);
+    cfg.set_max_num_streams(max_streams);
     cfg.set_max_connection_receive_window(Some(limits.receive_window));
     cfg.set_split_send_size(SPLIT_SEND_SIZE);
     cfg

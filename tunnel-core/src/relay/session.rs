@@ -14,7 +14,7 @@ use super::registry::{Claim, Online};
 use super::{Hello, Inner, Tls, refuse};
 use crate::auth::Identity;
 use crate::config::HEARTBEAT_MISSES;
-use crate::mux::{Inbound, Session};
+use crate::mux::{Inbound, Opener, Session};
 use crate::protocol::{
     self, DeviceEntry, MAX_HEADER_LEN, Message, RefusalCode, Role, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -25,7 +25,7 @@ pub(super) async fn run(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity:
     match hello.role {
         Role::Access => {
             if welcome(&mut tls, &relay, &identity, vec![]).await {
-                let (session, inbound) = start(&relay, tls);
+                let (session, inbound) = start(&relay, tls, hello.role);
                 info!(identity = identity.name(), "access session started");
                 serve(&relay, &session, inbound, &Ctx::Access(Arc::new(identity))).await;
                 info!("access session ended");
@@ -71,7 +71,7 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
     if !welcome(&mut tls, &relay, &identity, ports.clone()).await {
         return;
     }
-    let (session, inbound) = start(&relay, tls);
+    let (session, inbound) = start(&relay, tls, hello.role);
     let generation = relay.registry.generation();
     let public_tasks = listeners
         .into_iter()
@@ -115,10 +115,17 @@ async fn welcome(
     protocol::write_frame(tls, &msg).await.is_ok()
 }
 
-fn start(relay: &Inner, tls: Tls) -> (Session, Inbound) {
+/// Starts yamux on an accepted connection. The relay opens the streams of a device session
+/// and accepts those of an access session.
+fn start(relay: &Inner, tls: Tls, role: Role) -> (Session, Inbound) {
+    let opener = match role {
+        Role::Device => Opener::Local,
+        Role::Access => Opener::Remote,
+    };
     Session::spawn(
         tls,
         &relay.limits,
+        opener,
         yamux::Mode::Server,
         tracing::Span::current(),
     )
