@@ -16,7 +16,11 @@ fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} missing: run `cargo build -p tunnel-examples --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build -p tunnel-examples --bins` first",
+        path.display()
+    );
     path
 }
 
@@ -32,7 +36,13 @@ impl Drop for Proc {
 
 impl Proc {
     fn spawn(cmd: &mut Command) -> Self {
-        Self(cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn"))
+        Self(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        )
     }
     fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.0.id().to_string();
@@ -51,11 +61,17 @@ impl Proc {
 /// Reads `key value` lines from a child's stdout until every key is seen.
 async fn read_keys(child: &mut Child, keys: &[&str]) -> Vec<String> {
     let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(tokio::process::ChildStdout::from_std(stdout).expect("async stdout")).lines();
+    let mut lines =
+        BufReader::new(tokio::process::ChildStdout::from_std(stdout).expect("async stdout"))
+            .lines();
     let mut found = vec![String::new(); keys.len()];
     let read = async {
         while found.iter().any(String::is_empty) {
-            let line = lines.next_line().await.expect("read stdout").expect("process ended early");
+            let line = lines
+                .next_line()
+                .await
+                .expect("read stdout")
+                .expect("process ended early");
             for (i, k) in keys.iter().enumerate() {
                 if let Some(v) = line.strip_prefix(&format!("{k} ")) {
                     found[i] = v.to_owned();
@@ -63,7 +79,9 @@ async fn read_keys(child: &mut Child, keys: &[&str]) -> Vec<String> {
             }
         }
     };
-    tokio::time::timeout(WAIT, read).await.expect("timed out reading process output");
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("timed out reading process output");
     found
 }
 
@@ -74,16 +92,32 @@ fn new_token(dir: &Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("tunnel-relay token new");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
 }
 
 fn relay_cmd(dir: &Path, listen: &str) -> Command {
     let mut cmd = Command::new(bin("tunnel-relay"));
-    cmd.args(["serve", "--listen", listen, "--heartbeat-ms", "300", "--grace-secs", "1", "--tokens"])
-        .arg(dir.join("tokens.toml"))
-        .arg("--state-dir")
-        .arg(dir.join("state"));
+    cmd.args([
+        "serve",
+        "--listen",
+        listen,
+        "--heartbeat-ms",
+        "300",
+        "--grace-secs",
+        "1",
+        "--tokens",
+    ])
+    .arg(dir.join("tokens.toml"))
+    .arg("--state-dir")
+    .arg(dir.join("state"));
     cmd
 }
 
@@ -160,15 +194,21 @@ async fn binaries_reach_a_device_privately_and_survive_a_relay_restart() {
     let laptop_token = new_token(&dir, &["--name", "laptop", "--access", "pi-42/*"]);
 
     let mut relay = Proc::spawn(&mut relay_cmd(&dir, "127.0.0.1:0"));
-    let [relay_addr, pin]: [String; 2] = read_keys(&mut relay.0, &["listening", "pin"]).await.try_into().unwrap();
+    let [relay_addr, pin]: [String; 2] = read_keys(&mut relay.0, &["listening", "pin"])
+        .await
+        .try_into()
+        .unwrap();
 
     let ssh = echo_service().await;
     let client = |cmd: &mut Command, token: &str| {
-        cmd.args(["--relay", &relay_addr, "--pin", &pin]).env("TUNNEL_TOKEN", token).env_remove("RUST_LOG");
+        cmd.args(["--relay", &relay_addr, "--pin", &pin])
+            .env("TUNNEL_TOKEN", token)
+            .env_remove("RUST_LOG");
     };
     let mut agent_cmd = Command::new(bin("tunnel-agent"));
     client(&mut agent_cmd, &device_token);
-    let _agent = Proc::spawn(agent_cmd.args(["--device-id", "pi-42", "--expose", &format!("ssh={ssh}")]));
+    let _agent =
+        Proc::spawn(agent_cmd.args(["--device-id", "pi-42", "--expose", &format!("ssh={ssh}")]));
 
     // --list shows the device once it is online.
     eventually("the device to be listed online", || {
@@ -182,9 +222,22 @@ async fn binaries_reach_a_device_privately_and_survive_a_relay_restart() {
     // --listen serves the device's ssh on a local port.
     let mut access_cmd = Command::new(bin("tunnel-access"));
     client(&mut access_cmd, &laptop_token);
-    let mut access = Proc::spawn(access_cmd.args(["--device", "pi-42", "--service", "ssh", "--listen", "127.0.0.1:0"]));
-    let [local]: [String; 1] = read_keys(&mut access.0, &["listening"]).await.try_into().unwrap();
-    assert_eq!(echo_round_trip(&local, b"SSH-2.0-test").await.unwrap(), b"SSH-2.0-test");
+    let mut access = Proc::spawn(access_cmd.args([
+        "--device",
+        "pi-42",
+        "--service",
+        "ssh",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let [local]: [String; 1] = read_keys(&mut access.0, &["listening"])
+        .await
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        echo_round_trip(&local, b"SSH-2.0-test").await.unwrap(),
+        b"SSH-2.0-test"
+    );
 
     // --stdio, as an ssh ProxyCommand uses it.
     let mut stdio_cmd = Command::new(bin("tunnel-access"));
@@ -201,12 +254,18 @@ async fn binaries_reach_a_device_privately_and_survive_a_relay_restart() {
         let mut stdin = stdio.stdin.take().expect("stdin");
         stdin.write_all(b"over stdio").expect("write stdin");
     } // stdin closed: half-close, the echo comes back and the process exits
-    let out = tokio::task::spawn_blocking(move || stdio.wait_with_output()).await.unwrap().unwrap();
+    let out = tokio::task::spawn_blocking(move || stdio.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(out.status.success());
     assert_eq!(out.stdout, b"over stdio");
 
     // Restart the relay on the same address with the same state directory (same pin).
-    assert!(relay.terminate().success(), "relay must exit cleanly on SIGTERM");
+    assert!(
+        relay.terminate().success(),
+        "relay must exit cleanly on SIGTERM"
+    );
     let mut relay2 = None;
     eventually("the relay to rebind its port", || {
         let mut p = Proc::spawn(&mut relay_cmd(&dir, &relay_addr));
@@ -219,13 +278,20 @@ async fn binaries_reach_a_device_privately_and_survive_a_relay_restart() {
     })
     .await;
     let mut relay2 = relay2.unwrap();
-    let [_, pin2]: [String; 2] = read_keys(&mut relay2.0, &["listening", "pin"]).await.try_into().unwrap();
+    let [_, pin2]: [String; 2] = read_keys(&mut relay2.0, &["listening", "pin"])
+        .await
+        .try_into()
+        .unwrap();
     assert_eq!(pin2, pin, "the state directory keeps the relay's key");
 
     // The agent reconnects by itself, and the access client's next connection works.
     eventually("a stream through the restarted relay", || {
         let local = local.clone();
-        async move { echo_round_trip(&local, b"again").await.is_ok_and(|r| r == b"again") }
+        async move {
+            echo_round_trip(&local, b"again")
+                .await
+                .is_ok_and(|r| r == b"again")
+        }
     })
     .await;
 }

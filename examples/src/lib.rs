@@ -11,7 +11,10 @@ use tunnel_core::{ClientConfig, RelayTrust, SpkiPin, TlsIdentity, Token};
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -42,7 +45,12 @@ pub struct ClientArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub relay: String,
     /// The relay's public-key pin, as printed by tunnel-relay (sha256:<hex>).
-    #[arg(long, value_name = "PIN", conflicts_with = "ca_file", required_unless_present = "ca_file")]
+    #[arg(
+        long,
+        value_name = "PIN",
+        conflicts_with = "ca_file",
+        required_unless_present = "ca_file"
+    )]
     pub pin: Option<SpkiPin>,
     /// Verify the relay against the CA certificates in this PEM file instead of a pin.
     #[arg(long, value_name = "PEM")]
@@ -76,7 +84,8 @@ impl ClientArgs {
         }
         let token = match &self.token_file {
             Some(path) => Some(Token::new(
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?,
             )),
             None => std::env::var("TUNNEL_TOKEN").ok().map(Token::new),
         };
@@ -86,7 +95,10 @@ impl ClientArgs {
         if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
             config = config.client_cert(TlsIdentity::from_pem_files(cert, key)?);
         }
-        if self.token_file.is_none() && std::env::var_os("TUNNEL_TOKEN").is_none() && self.cert.is_none() {
+        if self.token_file.is_none()
+            && std::env::var_os("TUNNEL_TOKEN").is_none()
+            && self.cert.is_none()
+        {
             bail!("no credential: set TUNNEL_TOKEN, or pass --token-file or --cert/--key");
         }
         Ok(config)
@@ -95,7 +107,9 @@ impl ClientArgs {
 
 /// Parses `name=value` pairs of repeated flags such as `--expose ssh=127.0.0.1:22`.
 pub fn parse_pair(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
     if k.is_empty() || v.is_empty() {
         return Err(format!("{s:?} is not NAME=VALUE"));
     }

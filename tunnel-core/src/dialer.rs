@@ -9,7 +9,7 @@ use tracing::debug;
 
 use crate::client::{ClientConfig, Connected, HelloRequest, connect};
 use crate::error::{ConnectError, DialError};
-use crate::mux::Session;
+use crate::mux::{OpenError, Session};
 use crate::protocol::{
     self, MAX_FRAME_LEN, MAX_HEADER_LEN, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -133,10 +133,10 @@ impl Dialer {
         max_reply: usize,
     ) -> Result<(Stream, Message), DialError> {
         let session = self.session().await?;
-        let raw = session
-            .open()
-            .await
-            .map_err(|e| DialError::ConnectionLost(e.to_string()))?;
+        let raw = session.open().await.map_err(|e| match e {
+            OpenError::Closed => DialError::ConnectionLost(e.to_string()),
+            OpenError::TooManyStreams | OpenError::Timeout => DialError::Unavailable(e.to_string()),
+        })?;
         let mut stream = Stream::new(raw.compat(), session.state.clone());
         let exchange = async {
             protocol::write_frame(&mut stream, header).await?;

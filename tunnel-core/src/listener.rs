@@ -230,7 +230,8 @@ impl Listener {
         }
     }
 
-    /// Disconnects from the relay and stops reconnecting. Streams already accepted go on.
+    /// Disconnects from the relay and stops reconnecting. Streams of the session, including
+    /// those already accepted, are cut (their callers read an error).
     pub fn close(&self) {
         self.stop.cancel();
     }

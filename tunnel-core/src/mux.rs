@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -25,8 +24,6 @@ const ACCEPT_BACKLOG: usize = 256;
 const WRITE_BUFFER: usize = 16 * 1024;
 /// Largest yamux data frame body: header (12 bytes) + body fill one 16 KiB TLS record.
 const SPLIT_SEND_SIZE: usize = 16 * 1024 - 12;
-/// How long a graceful close may take to flush the GoAway before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Commands queued to the driver; each open request waits its turn here.
 const COMMAND_QUEUE: usize = 64;
 /// Iterations of the driver loop before it yields to the scheduler.
@@ -158,15 +155,15 @@ impl Session {
             .map_err(|_| OpenError::Timeout)?
     }
 
-    /// Asks the driver to close the session (GoAway, then the socket). Returns at once.
+    /// Closes the session: the driver drops the socket, and every stream fails with
+    /// `ConnectionReset`. Returns at once.
     pub(crate) fn close(&self) {
         self.state.mark_dead();
         self.close.cancel();
     }
 
     /// Waits until the session is over: closed locally (heartbeat lost, replaced, stopped)
-    /// or its driver has stopped. The socket may still be flushing a GoAway for up to
-    /// [`CLOSE_TIMEOUT`]; nothing can be opened on it any more.
+    /// or its driver has stopped.
     pub(crate) async fn closed(&self) {
         let mut done = self.done.clone();
         tokio::select! {
@@ -207,14 +204,15 @@ impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
     async fn run(mut self, close: CancellationToken) {
         let outcome = tokio::select! {
             outcome = self.serve() => outcome,
-            () = close.cancelled() => {
-                let closing = std::future::poll_fn(|cx| self.conn.poll_close(cx));
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-                "closed locally".to_owned()
-            }
+            // No graceful yamux close here: `poll_close` forgets the streams without waking
+            // them, so a task blocked reading one would hang. Dropping the connection while
+            // it is active wakes every stream (they then report the lost session), and the
+            // peer sees the socket close.
+            () = close.cancelled() => "closed locally".to_owned(),
         };
         self.state.mark_dead();
         debug!(outcome, "session ended");
+        drop(self.conn);
     }
 
     /// Serves open requests and inbound streams in one poll loop: `poll_next_inbound` does

@@ -65,7 +65,8 @@ pub enum RefusalCode {
     DeviceIdDenied,
     /// Another credential holds this device ID right now.
     DeviceIdTaken,
-    /// A public port was asked for and is not allowed or not free.
+    /// A public port was asked for and is not allowed (no range, not granted, outside the
+    /// range). A port that is allowed but busy is refused as [`RefusalCode::Unavailable`].
     PublicPortDenied,
     /// The hello was malformed.
     BadRequest,
@@ -104,7 +105,11 @@ impl RefusalCode {
     pub fn is_permanent(self) -> bool {
         matches!(
             self,
-            Self::AuthFailed | Self::UnsupportedVersion | Self::DeviceIdDenied | Self::BadRequest
+            Self::AuthFailed
+                | Self::UnsupportedVersion
+                | Self::DeviceIdDenied
+                | Self::PublicPortDenied
+                | Self::BadRequest
         )
     }
 }

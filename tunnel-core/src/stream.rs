@@ -53,7 +53,8 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))
+            .map_err(|e| reset_if_dead(e, &this.session))?;
         if buf.filled().len() == before && buf.remaining() > 0 {
             // End of stream: tell a FIN from a reset or a lost session.
             if this.session.is_dead() {

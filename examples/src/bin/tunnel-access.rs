@@ -50,7 +50,10 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let (device, service) = (cli.device.unwrap_or_default(), cli.service.unwrap_or_default());
+    let (device, service) = (
+        cli.device.unwrap_or_default(),
+        cli.service.unwrap_or_default(),
+    );
     if cli.stdio {
         pipe_stdio(&dialer, &device, &service).await?;
         return Ok(());

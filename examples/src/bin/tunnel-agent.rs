@@ -43,7 +43,9 @@ async fn main() -> anyhow::Result<()> {
         config = config.service(name.clone());
     }
     for (name, port) in &cli.public {
-        let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("--public {name}={port}: not a port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--public {name}={port}: not a port"))?;
         config = config.public(name.clone(), port);
     }
     let listener = Listener::bind(config).await?;

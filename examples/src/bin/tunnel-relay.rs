@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use tunnel_core::{Grants, Identity, Pattern, Relay, TlsIdentity, Token, TokenAuthenticator, TokenEntry, TokenFile};
+use tunnel_core::{
+    Grants, Identity, Pattern, Relay, TlsIdentity, Token, TokenAuthenticator, TokenEntry, TokenFile,
+};
 use tunnel_examples::{init_tracing, shutdown_signal};
 
 const EXAMPLES: &str = "\
@@ -140,24 +142,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         (Some(path), _) => {
             let auth = TokenAuthenticator::from_file(path)?;
             if auth.is_empty() && args.client_ca.is_none() {
-                bail!("{} holds no token; create one with `tunnel-relay token new`", path.display());
+                bail!(
+                    "{} holds no token; create one with `tunnel-relay token new`",
+                    path.display()
+                );
             }
             auth
         }
         (None, true) => dev_authenticator()?,
-        (None, false) => bail!("no --tokens file given; refusing to start an open relay (use --dev for a development run)"),
+        (None, false) => bail!(
+            "no --tokens file given; refusing to start an open relay (use --dev for a development run)"
+        ),
     };
     let mut builder = match &args.client_ca {
         Some(ca) => {
-            let chain: Vec<Box<dyn tunnel_core::Authenticator>> =
-                vec![Box::new(tunnel_core::CertAuthenticator::new()), Box::new(auth)];
+            let chain: Vec<Box<dyn tunnel_core::Authenticator>> = vec![
+                Box::new(tunnel_core::CertAuthenticator::new()),
+                Box::new(auth),
+            ];
             Relay::builder(identity, tunnel_core::FirstOf::new(chain)).client_ca_file(ca)?
         }
         None => Relay::builder(identity, auth),
     };
     if let Some(range) = &args.public_ports {
-        let (lo, hi) = range.split_once('-').context("--public-ports wants LOW-HIGH")?;
-        builder = builder.public_ports(lo.parse()?..=hi.parse()?).public_bind(args.public_bind);
+        let (lo, hi) = range
+            .split_once('-')
+            .context("--public-ports wants LOW-HIGH")?;
+        builder = builder
+            .public_ports(lo.parse()?..=hi.parse()?)
+            .public_bind(args.public_bind);
     }
     let relay = builder
         .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
@@ -186,11 +199,15 @@ fn load_identity(args: &CertArgs) -> anyhow::Result<TlsIdentity> {
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         return Ok(TlsIdentity::from_pem_files(cert, key)?);
     }
-    let (cert, key) = (args.state_dir.join("relay.crt"), args.state_dir.join("relay.key"));
+    let (cert, key) = (
+        args.state_dir.join("relay.crt"),
+        args.state_dir.join("relay.key"),
+    );
     if cert.exists() && key.exists() {
         return Ok(TlsIdentity::from_pem_files(&cert, &key)?);
     }
-    std::fs::create_dir_all(&args.state_dir).with_context(|| format!("creating {}", args.state_dir.display()))?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
     let names: Vec<&str> = args.cert_names.iter().map(String::as_str).collect();
     let identity = TlsIdentity::generate_self_signed(&names)?;
     identity.save_pem_files(&cert, &key)?;
@@ -212,9 +229,17 @@ fn dev_authenticator() -> anyhow::Result<TokenAuthenticator> {
 }
 
 fn new_token(args: NewToken) -> anyhow::Result<()> {
-    let mut file = if args.file.exists() { TokenFile::load(&args.file)? } else { TokenFile::default() };
+    let mut file = if args.file.exists() {
+        TokenFile::load(&args.file)?
+    } else {
+        TokenFile::default()
+    };
     if file.tokens.iter().any(|t| t.name == args.name) {
-        bail!("a credential named {:?} already exists in {}", args.name, args.file.display());
+        bail!(
+            "a credential named {:?} already exists in {}",
+            args.name,
+            args.file.display()
+        );
     }
     if args.device.is_empty() && args.access.is_empty() {
         bail!("grant something: --device ID and/or --access DEVICE/SERVICE");
@@ -231,14 +256,21 @@ fn new_token(args: NewToken) -> anyhow::Result<()> {
     // Validate the whole file (patterns, hashes) before writing it.
     TokenAuthenticator::from_token_file(&file)?;
     file.save(&args.file)?;
-    eprintln!("added {:?} to {}; the token is shown only once:", args.name, args.file.display());
+    eprintln!(
+        "added {:?} to {}; the token is shown only once:",
+        args.name,
+        args.file.display()
+    );
     println!("{}", token.expose());
     Ok(())
 }
 
 fn list_tokens(path: &Path) -> anyhow::Result<()> {
     for t in TokenFile::load(path)?.tokens {
-        println!("{}\tdevices={:?}\taccess={:?}\tpublic={}", t.name, t.devices, t.access, t.public);
+        println!(
+            "{}\tdevices={:?}\taccess={:?}\tpublic={}",
+            t.name, t.devices, t.access, t.public
+        );
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
     }
     let listeners = match bind_public(&relay, &identity, &hello.public).await {
         Ok(l) => l,
-        Err(message) => return refuse(&mut tls, RefusalCode::PublicPortDenied, &message).await,
+        Err((code, message)) => return refuse(&mut tls, code, &message).await,
     };
     let ports: Vec<(String, u16)> = listeners
         .iter()
@@ -140,15 +140,18 @@ async fn bind_public(
     relay: &Inner,
     identity: &Identity,
     wanted: &[(String, u16)],
-) -> Result<Vec<(String, TcpListener)>, String> {
+) -> Result<Vec<(String, TcpListener)>, (RefusalCode, String)> {
+    // Not allowed: permanent. Allowed but busy: `Unavailable`, the device retries.
+    let denied = |m: String| (RefusalCode::PublicPortDenied, m);
+    let busy = |m: String| (RefusalCode::Unavailable, m);
     if wanted.is_empty() {
         return Ok(vec![]);
     }
     let Some(range) = relay.public_ports.clone() else {
-        return Err("this relay publishes no ports".into());
+        return Err(denied("this relay publishes no ports".into()));
     };
     if !identity.grants().may_publish() {
-        return Err("this credential may not publish ports".into());
+        return Err(denied("this credential may not publish ports".into()));
     }
     let mut bound = Vec::new();
     for (service, port) in wanted {
@@ -160,18 +163,23 @@ async fn bind_public(
                     break;
                 }
             }
-            found
-                .ok_or_else(|| format!("no free port left in {}-{}", range.start(), range.end()))?
+            found.ok_or_else(|| {
+                busy(format!(
+                    "no free port left in {}-{}",
+                    range.start(),
+                    range.end()
+                ))
+            })?
         } else if range.contains(port) {
             TcpListener::bind((relay.public_bind, *port))
                 .await
-                .map_err(|e| format!("port {port}: {e}"))?
+                .map_err(|e| busy(format!("port {port}: {e}")))?
         } else {
-            return Err(format!(
+            return Err(denied(format!(
                 "port {port} is outside the allowed range {}-{}",
                 range.start(),
                 range.end()
-            ));
+            )));
         };
         bound.push((service.clone(), listener));
     }
