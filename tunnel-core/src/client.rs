@@ -239,10 +239,9 @@ async fn heartbeat(session: Session, interval: Duration) {
 }
 
 async fn heartbeat_loop(session: &Session, interval: Duration) -> &'static str {
-    let Ok(raw) = session.open().await else {
+    let Ok(mut control) = session.open().await else {
         return "cannot open the control stream";
     };
-    let mut control = tokio_util::compat::FuturesAsyncReadCompatExt::compat(raw);
     let deadline = interval * (HEARTBEAT_MISSES - 1);
     if protocol::write_frame(&mut control, &Message::Control)
         .await

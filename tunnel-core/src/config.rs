@@ -20,7 +20,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_streams: 128,
-            receive_window: 32 * 1024 * 1024,
+            receive_window: 64 * 1024 * 1024,
         }
     }
 }
@@ -32,12 +32,18 @@ impl Limits {
         self.max_streams = n;
         self
     }
-    /// Most bytes buffered for reading across all streams of one session (default 32 MiB).
+    /// Most bytes buffered for reading across all streams of one session (default 64 MiB).
     /// This is the per-session memory a peer can make us hold; it must be at least
-    /// `max_streams × 256 KiB` (yamux's initial per-stream window).
+    /// `2 × max_streams × 256 KiB` (yamux's initial per-stream window, with the headroom
+    /// of [`Limits::max_streams`]'s accounting).
     pub fn receive_window(mut self, bytes: usize) -> Self {
         self.receive_window = bytes;
         self
+    }
+    /// yamux's own limit: twice ours, since yamux counts streams whose handles were just
+    /// dropped, and a peer over yamux's limit kills the session.
+    pub(crate) fn yamux_streams(&self) -> usize {
+        self.max_streams * 2
     }
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.max_streams == 0 || self.max_streams > 4096 {
@@ -46,10 +52,10 @@ impl Limits {
                 self.max_streams
             )));
         }
-        let min = self.max_streams * YAMUX_STREAM_WINDOW;
+        let min = self.yamux_streams() * YAMUX_STREAM_WINDOW;
         if self.receive_window < min {
             return Err(ConfigError::Invalid(format!(
-                "receive_window {} is below max_streams × 256 KiB = {min}",
+                "receive_window {} is below 2 × max_streams × 256 KiB = {min}",
                 self.receive_window
             )));
         }
@@ -80,7 +86,7 @@ mod tests {
         assert!(err.to_string().contains("below"), "{err}");
         Limits::default()
             .max_streams(512)
-            .receive_window(128 << 20)
+            .receive_window(256 << 20)
             .validate()
             .unwrap();
         assert!(Limits::default().max_streams(0).validate().is_err());

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::debug;
 
 use crate::client::{ClientConfig, Connected, HelloRequest, connect};
@@ -133,11 +132,10 @@ impl Dialer {
         max_reply: usize,
     ) -> Result<(Stream, Message), DialError> {
         let session = self.session().await?;
-        let raw = session.open().await.map_err(|e| match e {
+        let mut stream = session.open().await.map_err(|e| match e {
             OpenError::Closed => DialError::ConnectionLost(e.to_string()),
             OpenError::TooManyStreams | OpenError::Timeout => DialError::Unavailable(e.to_string()),
         })?;
-        let mut stream = Stream::new(raw.compat(), session.state.clone());
         let exchange = async {
             protocol::write_frame(&mut stream, header).await?;
             protocol::read_frame(&mut stream, max_reply).await

@@ -5,7 +5,6 @@ use std::io;
 use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, watch};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, info, warn};
 
@@ -381,9 +380,8 @@ impl Supervisor {
         } = c;
         loop {
             tokio::select! {
-                raw = inbound.recv() => {
-                    let Some(raw) = raw else { break };
-                    let stream = Stream::new(raw.compat(), session.state.clone());
+                stream = inbound.recv() => {
+                    let Some(stream) = stream else { break };
                     tokio::spawn(read_incoming(stream, self.config.services.clone(), self.incoming.clone()).in_current_span());
                 }
                 () = session.closed() => break,

@@ -6,15 +6,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
 use crate::config::Limits;
 use crate::protocol::STREAM_OPEN_TIMEOUT;
+use crate::stream::Stream;
 
 /// Streams the peer opened that we have not accepted yet; beyond this, new ones are reset.
 /// Matches yamux's ACK backlog, so a well-behaved peer never hits it.
@@ -26,6 +28,8 @@ const WRITE_BUFFER: usize = 16 * 1024;
 const SPLIT_SEND_SIZE: usize = 16 * 1024 - 12;
 /// Commands queued to the driver; each open request waits its turn here.
 const COMMAND_QUEUE: usize = 64;
+/// How long a local close may spend flushing the streams' last bytes and the GoAway.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Iterations of the driver loop before it yields to the scheduler.
 const POLL_BUDGET: usize = 64;
 
@@ -50,6 +54,12 @@ pub(crate) struct SessionState {
     /// Set as soon as the connection under yamux fails or the session is closed, *before*
     /// yamux wakes the streams; a stream reading end-of-stream after that reports an error.
     dead: AtomicBool,
+    /// Cancelled when the session is over for any reason. Streams wait on it too: yamux
+    /// does not wake streams after a graceful close, so without it a reader could hang.
+    pub(crate) ended: CancellationToken,
+    /// One permit per open stream, in both directions. yamux ends the *whole* session when
+    /// an open exceeds its own stream limit, so we count first and fail just that stream.
+    permits: Arc<Semaphore>,
 }
 
 impl SessionState {
@@ -62,9 +72,8 @@ impl SessionState {
 }
 
 /// Which end opens the data streams of a session. The opener counts its streams against a
-/// slightly lower limit than the acceptor: yamux ends the *whole* session when a peer opens
-/// one stream over the acceptor's limit, and the acceptor releases a finished stream a
-/// little later than the opener does.
+/// slightly lower limit than the acceptor, which releases a finished stream a little later
+/// than the opener does; so a well-behaved opener at its limit is never refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Opener {
     /// This end opens the data streams (access client; relay towards a device).
@@ -84,7 +93,7 @@ pub(crate) struct Session {
 }
 
 /// Streams opened by the peer.
-pub(crate) type Inbound = mpsc::Receiver<yamux::Stream>;
+pub(crate) type Inbound = mpsc::Receiver<Stream>;
 
 impl Session {
     /// Starts the driver task for an authenticated connection.
@@ -98,14 +107,22 @@ impl Session {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let permits = match opener {
+            Opener::Local => {
+                limits.max_streams - (limits.max_streams / 8).min(limits.max_streams - 1)
+            }
+            Opener::Remote => limits.max_streams,
+        };
         let state = Arc::new(SessionState {
             dead: AtomicBool::new(false),
+            ended: CancellationToken::new(),
+            permits: Arc::new(Semaphore::new(permits)),
         });
         let io = Watched {
             inner: BufWriter::with_capacity(WRITE_BUFFER, io),
             state: state.clone(),
         };
-        let conn = yamux::Connection::new(io.compat(), yamux_config(limits, opener), mode);
+        let conn = yamux::Connection::new(io.compat(), yamux_config(limits), mode);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (done_tx, done_rx) = watch::channel(false);
@@ -137,7 +154,12 @@ impl Session {
 
     /// Opens a stream. The peer sees it only once something is written on it; it waits
     /// while 256 opened streams are still unacknowledged, up to [`STREAM_OPEN_TIMEOUT`].
-    pub(crate) async fn open(&self) -> Result<yamux::Stream, OpenError> {
+    pub(crate) async fn open(&self) -> Result<Stream, OpenError> {
+        let permit = match self.state.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) => return Err(OpenError::TooManyStreams),
+            Err(TryAcquireError::Closed) => return Err(OpenError::Closed),
+        };
         let (tx, rx) = oneshot::channel();
         let request = async {
             self.commands
@@ -145,7 +167,7 @@ impl Session {
                 .await
                 .map_err(|_| OpenError::Closed)?;
             match rx.await {
-                Ok(Ok(stream)) => Ok(stream),
+                Ok(Ok(raw)) => Ok(Stream::new(raw.compat(), self.state.clone(), permit)),
                 Ok(Err(yamux::ConnectionError::TooManyStreams)) => Err(OpenError::TooManyStreams),
                 Ok(Err(_)) | Err(_) => Err(OpenError::Closed),
             }
@@ -160,6 +182,7 @@ impl Session {
     pub(crate) fn close(&self) {
         self.state.mark_dead();
         self.close.cancel();
+        self.state.ended.cancel();
     }
 
     /// Waits until the session is over: closed locally (heartbeat lost, replaced, stopped)
@@ -177,14 +200,11 @@ impl Session {
     }
 }
 
-fn yamux_config(limits: &Limits, opener: Opener) -> yamux::Config {
+fn yamux_config(limits: &Limits) -> yamux::Config {
     let mut cfg = yamux::Config::default();
-    let max_streams = match opener {
-        Opener::Local => {
-            limits.max_streams - (limits.max_streams / 8).max(1).min(limits.max_streams - 1)
-        }
-        Opener::Remote => limits.max_streams,
-    };
+    // Headroom over our own permit count: yamux still counts streams whose handles were
+    // just dropped, and a peer over yamux's limit kills the session.
+    let max_streams = limits.yamux_streams();
     // Order matters: yamux asserts window >= streams * 256 KiB on every setter call, so
     // shrink the stream count before the window. `Limits` validated the pair already.
     cfg.set_max_num_streams(max_streams);
@@ -196,23 +216,27 @@ fn yamux_config(limits: &Limits, opener: Opener) -> yamux::Config {
 struct Driver<T> {
     conn: yamux::Connection<T>,
     commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<yamux::Stream>,
+    inbound: mpsc::Sender<Stream>,
     state: Arc<SessionState>,
 }
 
 impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
     async fn run(mut self, close: CancellationToken) {
         let outcome = tokio::select! {
-            outcome = self.serve() => outcome,
-            // No graceful yamux close here: `poll_close` forgets the streams without waking
-            // them, so a task blocked reading one would hang. Dropping the connection while
-            // it is active wakes every stream (they then report the lost session), and the
-            // peer sees the socket close.
+            // A local close wins over a simultaneous "all handles dropped".
+            biased;
             () = close.cancelled() => "closed locally".to_owned(),
+            outcome = self.serve() => outcome,
         };
-        self.state.mark_dead();
+        // Flush what streams already wrote (a last reply, a FIN), then GoAway and a TLS
+        // close_notify; returns at once on a connection that already failed. yamux forgets
+        // its streams here without waking them: `ended` wakes them instead.
+        let closing = std::future::poll_fn(|cx| self.conn.poll_close(cx));
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
+        // Not `mark_dead` here: after a graceful end (GoAway, close_notify) a stream that
+        // received its FIN ends cleanly. Failures were marked where they were seen.
+        self.state.ended.cancel();
         debug!(outcome, "session ended");
-        drop(self.conn);
     }
 
     /// Serves open requests and inbound streams in one poll loop: `poll_next_inbound` does
@@ -243,13 +267,19 @@ impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
                     continue;
                 }
                 match self.conn.poll_next_inbound(cx) {
-                    Poll::Ready(Some(Ok(stream))) => {
+                    Poll::Ready(Some(Ok(raw))) => {
+                        // Dropping a stream resets it: the peer learns at once.
+                        let Ok(permit) = self.state.permits.clone().try_acquire_owned() else {
+                            debug!("stream limit reached; resetting inbound stream");
+                            continue;
+                        };
+                        let stream = Stream::new(raw.compat(), self.state.clone(), permit);
                         if self.inbound.try_send(stream).is_err() {
-                            // Dropping the stream resets it: the peer learns at once.
                             debug!("accept backlog full or closed; resetting inbound stream");
                         }
                     }
                     Poll::Ready(Some(Err(e))) => {
+                        self.state.mark_dead();
                         return Poll::Ready(format!("connection error: {e}"));
                     }
                     Poll::Ready(None) => return Poll::Ready("closed by peer".to_owned()),
@@ -268,8 +298,9 @@ impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
     }
 }
 
-/// The socket under yamux, watched: a read error, end of file or write error marks the
-/// session dead before yamux itself learns of it and wakes its streams.
+/// The socket under yamux, watched: a read or write error marks the session dead before
+/// yamux itself learns of it and wakes its streams. A clean end (TLS close_notify, then end
+/// of file) is not an error: streams that were finished before it stay finished.
 struct Watched<T> {
     inner: T,
     state: Arc<SessionState>,
@@ -281,14 +312,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        match &res {
-            Poll::Ready(Err(_)) => self.state.mark_dead(),
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                self.state.mark_dead()
-            }
-            _ => {}
+        if let Poll::Ready(Err(_)) = res {
+            self.state.mark_dead();
         }
         res
     }

@@ -1,11 +1,14 @@
 //! The public [`Stream`]: one tunnelled byte stream, and the splice helper.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::mux::{RawStream, SessionState};
 
@@ -24,17 +27,41 @@ pub(crate) const SPLICE_BUFFER: usize = 64 * 1024;
 pub struct Stream {
     inner: RawStream,
     session: Arc<SessionState>,
+    /// Completes when the session ends; polled whenever the stream would wait, so no
+    /// reader or writer outlives its session.
+    ended: Pin<Box<WaitForCancellationFutureOwned>>,
     write_closed: bool,
+    /// This stream's slot in the session's stream limit, freed on drop.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Stream {
-    pub(crate) fn new(inner: RawStream, session: Arc<SessionState>) -> Self {
+    pub(crate) fn new(
+        inner: RawStream,
+        session: Arc<SessionState>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let ended = Box::pin(session.ended.clone().cancelled_owned());
         Self {
             inner,
             session,
+            ended,
             write_closed: false,
+            _permit: permit,
         }
     }
+
+    /// Turns `Pending` into a reset once the session has ended.
+    fn pending_or_lost<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        match self.ended.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(lost())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+fn lost() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "tunnel session lost")
 }
 
 impl std::fmt::Debug for Stream {
@@ -53,15 +80,14 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
-        std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, buf))
-            .map_err(|e| reset_if_dead(e, &this.session))?;
+        let Poll::Ready(res) = Pin::new(&mut this.inner).poll_read(cx, buf) else {
+            return this.pending_or_lost(cx);
+        };
+        res.map_err(|e| reset_if_dead(e, &this.session))?;
         if buf.filled().len() == before && buf.remaining() > 0 {
             // End of stream: tell a FIN from a reset or a lost session.
             if this.session.is_dead() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "tunnel session lost",
-                )));
+                return Poll::Ready(Err(lost()));
             }
             if this.inner.get_ref().is_closed() && !this.write_closed {
                 return Poll::Ready(Err(io::Error::new(
@@ -81,31 +107,33 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        Pin::new(&mut this.inner)
-            .poll_write(cx, buf)
-            .map_err(|e| reset_if_dead(e, &this.session))
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(res) => Poll::Ready(res.map_err(|e| reset_if_dead(e, &this.session))),
+            Poll::Pending => this.pending_or_lost(cx),
+        }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        Pin::new(&mut this.inner)
-            .poll_flush(cx)
-            .map_err(|e| reset_if_dead(e, &this.session))
+        match Pin::new(&mut this.inner).poll_flush(cx) {
+            Poll::Ready(res) => Poll::Ready(res.map_err(|e| reset_if_dead(e, &this.session))),
+            Poll::Pending => this.pending_or_lost(cx),
+        }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))
-            .map_err(|e| reset_if_dead(e, &this.session))?;
-        this.write_closed = true;
-        Poll::Ready(Ok(()))
+        match Pin::new(&mut this.inner).poll_shutdown(cx) {
+            Poll::Ready(res) => {
+                res.map_err(|e| reset_if_dead(e, &this.session))?;
+                this.write_closed = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => this.pending_or_lost(cx),
+        }
     }
 }
 
 fn reset_if_dead(e: io::Error, session: &SessionState) -> io::Error {
-    if session.is_dead() {
-        io::Error::new(io::ErrorKind::ConnectionReset, "tunnel session lost")
-    } else {
-        e
-    }
+    if session.is_dead() { lost() } else { e }
 }
 
 /// Copies both ways until both directions have ended, carrying half-close across. On an

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::registry::{Claim, Online};
@@ -202,8 +201,7 @@ async fn serve(relay: &Arc<Inner>, session: &Session, mut inbound: Inbound, ctx:
     loop {
         tokio::select! {
             stream = inbound.recv() => {
-                let Some(raw) = stream else { break };
-                let stream = Stream::new(raw.compat(), session.state.clone());
+                let Some(stream) = stream else { break };
                 let access = match ctx { Ctx::Access(id) => Some(id.clone()), Ctx::Device => None };
                 let task = handle_stream(relay.clone(), stream, access, beat_tx.clone());
                 tokio::spawn(task.instrument(tracing::Span::current()));
@@ -355,11 +353,10 @@ async fn open(
 /// Opens a stream to the device, sends the `Incoming` header and waits for its answer.
 async fn ask_device(session: &Session, incoming: &Message) -> Result<Stream, (StatusCode, String)> {
     let unavailable = |m: String| (StatusCode::Unavailable, m);
-    let raw = session
+    let mut stream = session
         .open()
         .await
         .map_err(|e| unavailable(format!("cannot reach the device: {e}")))?;
-    let mut stream = Stream::new(raw.compat(), session.state.clone());
     let answer = async {
         protocol::write_frame(&mut stream, incoming).await?;
         protocol::read_frame(&mut stream, MAX_HEADER_LEN).await
