@@ -121,8 +121,14 @@ async fn a_silent_device_is_dropped_by_the_relay_and_notices_it_itself() {
 
     let mut state = device.listener.watch_state();
     proxy.freeze();
+    let frozen = std::time::Instant::now();
 
     relay.wait_offline("pi", DETECT).await;
+    // Reported, not asserted beyond DETECT: the figure for the notes (3 × heartbeat).
+    eprintln!(
+        "relay dropped the silent device after {:?} (heartbeat {HEARTBEAT:?})",
+        frozen.elapsed()
+    );
     eventually("dialer.list() to show pi offline", DETECT, || {
         let dialer = dialer.clone();
         async move {
@@ -143,6 +149,10 @@ async fn a_silent_device_is_dropped_by_the_relay_and_notices_it_itself() {
     )
     .await
     .expect("state channel open");
+    eprintln!(
+        "the device noticed the silent relay after {:?}",
+        frozen.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
