@@ -16,6 +16,9 @@ echo "== cargo test"
 cargo build --quiet -p tunnel-examples --bins
 cargo test --workspace --quiet
 
+echo "== docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet -p tunnel-core --no-deps
+
 echo "== benches compile"
 cargo bench --workspace --no-run --quiet
 

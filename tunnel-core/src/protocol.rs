@@ -53,7 +53,7 @@ pub(crate) enum Role {
     Access = 2,
 }
 
-/// Why the relay refused a hello ([`Message::Refused`]).
+/// Why the relay refused a session (the `refused` frame of the handshake).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RefusalCode {

@@ -217,7 +217,7 @@ impl Relay {
         }
     }
 
-    /// The SHA-256 pin of the relay's public key, for clients' [`RelayTrust::Pin`].
+    /// The SHA-256 pin of the relay's public key, for clients' [`RelayTrust::Pin`](crate::RelayTrust::Pin).
     pub fn pin(&self) -> SpkiPin {
         self.inner.pin
     }
