@@ -325,3 +325,22 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_reachable_as_soon_as_it_reports_connected() {
+    let relay = spawn_relay(&[
+        ("device", may_register("pi-*")),
+        ("user", may_access(&["pi-*/*"])),
+    ])
+    .await;
+    let echo = spawn_echo_server().await;
+    let dialer = relay.dialer(USER).await;
+    // The relay registers a device before sending its welcome: no window in which a dial
+    // right after `wait_connected` finds the device offline. Repeated to catch the race.
+    for i in 0..10 {
+        let id = format!("pi-{i}");
+        let _device = start_device(relay.client(DEVICE), &id, &[("echo", echo)]).await;
+        let back = echo_exchange(dial(&dialer, &id, "echo").await, id.as_bytes()).await;
+        assert_eq!(back, id.as_bytes());
+    }
+}

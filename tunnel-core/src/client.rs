@@ -176,8 +176,14 @@ pub(crate) async fn connect(
         Role::Access => Opener::Local,
         Role::Device => Opener::Remote,
     };
-    let (session, inbound) =
-        Session::spawn(tls, &cfg.limits, opener, yamux::Mode::Client, span.clone());
+    let (session, inbound) = Session::spawn(
+        tls,
+        &cfg.limits,
+        opener,
+        yamux::Mode::Client,
+        span.clone(),
+        None,
+    );
     tokio::spawn(heartbeat(session.clone(), interval).instrument(span));
     Ok(Connected {
         session,

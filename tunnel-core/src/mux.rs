@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
 use crate::config::Limits;
-use crate::protocol::STREAM_OPEN_TIMEOUT;
+use crate::protocol::{HANDSHAKE_TIMEOUT, STREAM_OPEN_TIMEOUT};
 use crate::stream::Stream;
 
 /// Streams the peer opened that we have not accepted yet; beyond this, new ones are reset.
@@ -95,6 +95,13 @@ pub(crate) struct Session {
 /// Streams opened by the peer.
 pub(crate) type Inbound = mpsc::Receiver<Stream>;
 
+/// Bytes to write on the socket before yamux starts (the relay's welcome), once `go`
+/// fires: the relay registers the device before the device learns it is registered.
+pub(crate) struct Preamble {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) go: oneshot::Receiver<()>,
+}
+
 impl Session {
     /// Starts the driver task for an authenticated connection.
     pub(crate) fn spawn<T>(
@@ -103,6 +110,7 @@ impl Session {
         opener: Opener,
         mode: yamux::Mode,
         span: tracing::Span,
+        preamble: Option<Preamble>,
     ) -> (Self, Inbound)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -118,24 +126,43 @@ impl Session {
             ended: CancellationToken::new(),
             permits: Arc::new(Semaphore::new(permits)),
         });
-        let io = Watched {
+        let mut io = Watched {
             inner: BufWriter::with_capacity(WRITE_BUFFER, io),
             state: state.clone(),
         };
-        let conn = yamux::Connection::new(io.compat(), yamux_config(limits), mode);
+        let config = yamux_config(limits);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (done_tx, done_rx) = watch::channel(false);
         let close = CancellationToken::new();
-        let driver = Driver {
-            conn,
-            commands: cmd_rx,
-            inbound: in_tx,
-            state: state.clone(),
-        };
         let close2 = close.clone();
+        let state2 = state.clone();
         tokio::spawn(
             async move {
+                if let Some(Preamble { bytes, go }) = preamble {
+                    let write = async {
+                        go.await
+                            .map_err(|_| io::Error::other("session abandoned"))?;
+                        io.write_all(&bytes).await?;
+                        io.flush().await
+                    };
+                    let sent = tokio::time::timeout(HANDSHAKE_TIMEOUT, write)
+                        .await
+                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
+                    if let Err(e) = sent {
+                        debug!(error = %e, "preamble not sent; ending session");
+                        state2.mark_dead();
+                        state2.ended.cancel();
+                        let _ = done_tx.send(true);
+                        return;
+                    }
+                }
+                let driver = Driver {
+                    conn: yamux::Connection::new(io.compat(), config, mode),
+                    commands: cmd_rx,
+                    inbound: in_tx,
+                    state: state2,
+                };
                 driver.run(close2).await;
                 let _ = done_tx.send(true);
             }

@@ -274,7 +274,7 @@ impl Message {
             } => {
                 w.u8(0x02);
                 w.0.extend_from_slice(&heartbeat_ms.to_be_bytes());
-                w.str8(identity)?;
+                w.str8_lossy(identity); // a display name: cut, never refused
                 w.count8(public.len())?;
                 for (s, port) in public {
                     w.str8(s)?;
@@ -298,7 +298,7 @@ impl Message {
             } => {
                 w.u8(0x11);
                 w.str8(service)?;
-                w.str8(caller)?;
+                w.str8_lossy(caller);
                 w.str8(peer)?;
             }
             Self::Status { code, message } => {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -13,22 +13,22 @@ use super::registry::{Claim, Online};
 use super::{Hello, Inner, Tls, refuse};
 use crate::auth::Identity;
 use crate::config::HEARTBEAT_MISSES;
-use crate::mux::{Inbound, Opener, Session};
+use crate::mux::{Inbound, Opener, Preamble, Session};
 use crate::protocol::{
     self, DeviceEntry, MAX_HEADER_LEN, Message, RefusalCode, Role, STREAM_OPEN_TIMEOUT, StatusCode,
 };
 use crate::stream::{Stream, splice};
 
 /// Runs one authenticated connection until it ends.
-pub(super) async fn run(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Identity) {
+pub(super) async fn run(relay: Arc<Inner>, tls: Tls, hello: Hello, identity: Identity) {
     match hello.role {
         Role::Access => {
-            if welcome(&mut tls, &relay, &identity, vec![]).await {
-                let (session, inbound) = start(&relay, tls, hello.role);
-                info!(identity = identity.name(), "access session started");
-                serve(&relay, &session, inbound, &Ctx::Access(Arc::new(identity))).await;
-                info!("access session ended");
-            }
+            let (go, welcome) = welcome(&relay, &identity, vec![]);
+            let (session, inbound) = start(&relay, tls, hello.role, welcome);
+            let _ = go.send(());
+            info!(identity = identity.name(), "access session started");
+            serve(&relay, &session, inbound, &Ctx::Access(Arc::new(identity))).await;
+            info!("access session ended");
         }
         Role::Device => run_device(relay, tls, hello, identity).await,
     }
@@ -67,10 +67,10 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
         .iter()
         .map(|(s, l)| (s.clone(), port_of(l)))
         .collect();
-    if !welcome(&mut tls, &relay, &identity, ports.clone()).await {
-        return;
-    }
-    let (session, inbound) = start(&relay, tls, hello.role);
+    // The welcome goes out only once the device is in the registry, so a caller that
+    // dials right after the device saw its welcome finds it online.
+    let (go, welcome) = welcome(&relay, &identity, ports.clone());
+    let (session, inbound) = start(&relay, tls, hello.role, welcome);
     let generation = relay.registry.generation();
     let public_tasks = listeners
         .into_iter()
@@ -91,6 +91,7 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
     if let Some(raced) = relay.registry.insert(&device, entry) {
         raced.evict().await;
     }
+    let _ = go.send(());
     info!(identity = identity.name(), device, ?ports, "device online");
     serve(&relay, &session, inbound, &Ctx::Device).await;
     if let Some(entry) = relay.registry.remove(&device, generation) {
@@ -99,24 +100,27 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
     info!(device, "device offline");
 }
 
-async fn welcome(
-    tls: &mut Tls,
+/// The welcome frame, held back until the returned sender fires.
+fn welcome(
     relay: &Inner,
     identity: &Identity,
     public: Vec<(String, u16)>,
-) -> bool {
+) -> (oneshot::Sender<()>, Preamble) {
     let heartbeat_ms = u32::try_from(relay.heartbeat.as_millis()).unwrap_or(u32::MAX);
     let msg = Message::Welcome {
         heartbeat_ms,
         identity: identity.name().to_owned(),
         public,
     };
-    protocol::write_frame(tls, &msg).await.is_ok()
+    // Names were validated and lists capped at the hello, so the frame always encodes.
+    let bytes = msg.encode().unwrap_or_default();
+    let (go, wait) = oneshot::channel();
+    (go, Preamble { bytes, go: wait })
 }
 
 /// Starts yamux on an accepted connection. The relay opens the streams of a device session
 /// and accepts those of an access session.
-fn start(relay: &Inner, tls: Tls, role: Role) -> (Session, Inbound) {
+fn start(relay: &Inner, tls: Tls, role: Role, welcome: Preamble) -> (Session, Inbound) {
     let opener = match role {
         Role::Device => Opener::Local,
         Role::Access => Opener::Remote,
@@ -127,6 +131,7 @@ fn start(relay: &Inner, tls: Tls, role: Role) -> (Session, Inbound) {
         opener,
         yamux::Mode::Server,
         tracing::Span::current(),
+        Some(welcome),
     )
 }
 
