@@ -197,6 +197,10 @@ impl Token {
     pub fn new(s: impl Into<String>) -> Self {
         Self(s.into().trim().to_owned())
     }
+    /// The token exactly as it came off the wire (no trimming).
+    pub(crate) fn from_wire(s: String) -> Self {
+        Self(s)
+    }
     /// A new random token: `tun_` and 256 bits as hex.
     pub fn generate() -> Result<Self, ConfigError> {
         let mut bytes = [0u8; 32];
@@ -326,7 +330,21 @@ impl TokenAuthenticator {
     /// Builds from a parsed token file, validating every pattern and hash.
     pub fn from_token_file(file: &TokenFile) -> Result<Self, ConfigError> {
         let mut auth = Self::new();
-        for e in &file.tokens {
+        for (i, e) in file.tokens.iter().enumerate() {
+            // The name is the principal: two entries with one name would own each other's
+            // device IDs, and names travel in frames that hold at most 255 bytes.
+            if e.name.is_empty() || e.name.len() > 255 || e.name.chars().any(char::is_control) {
+                return Err(ConfigError::Invalid(format!(
+                    "bad credential name {:?}",
+                    e.name
+                )));
+            }
+            if file.tokens[..i].iter().any(|o| o.name == e.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "credential name {:?} used twice",
+                    e.name
+                )));
+            }
             let mut grants = Grants::new().public(e.public);
             for d in &e.devices {
                 grants = grants.register(Pattern::new(d)?);
@@ -549,6 +567,22 @@ mod tests {
         assert!(
             toml::from_str::<TokenFile>("[[token]]\nname=\"x\"\nhash=\"\"\nsecret=1\n").is_err()
         );
+    }
+
+    #[test]
+    fn token_file_refuses_duplicate_or_bad_names() {
+        let entry = |name: &str| {
+            format!(
+                "[[token]]\nname = {name:?}\nhash = \"{}\"\n",
+                Token::new("t").hash()
+            )
+        };
+        let twice: TokenFile = toml::from_str(&(entry("pi") + &entry("pi"))).unwrap();
+        assert!(TokenAuthenticator::from_token_file(&twice).is_err());
+        let long: TokenFile = toml::from_str(&entry(&"x".repeat(256))).unwrap();
+        assert!(TokenAuthenticator::from_token_file(&long).is_err());
+        let empty: TokenFile = toml::from_str(&entry("")).unwrap();
+        assert!(TokenAuthenticator::from_token_file(&empty).is_err());
     }
 
     #[tokio::test]

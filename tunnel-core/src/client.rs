@@ -138,9 +138,8 @@ pub(crate) async fn connect(
             role: request.role,
             token: cfg
                 .token
-                .as_ref()
-                .map(|t| t.expose().to_owned())
-                .unwrap_or_default(),
+                .clone()
+                .unwrap_or_else(|| Token::from_wire(String::new())),
             device: request.device.clone(),
             services: request.services.clone(),
             public: request.public.clone(),

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::auth::Token;
+
 /// ALPN protocol id; also the major protocol version. A peer that negotiates anything else,
 /// or nothing, is refused right after the TLS handshake.
 pub(crate) const ALPN: &[u8] = b"tunnel/1";
@@ -166,7 +168,8 @@ pub(crate) enum Message {
         version: u8,
         role: Role,
         /// Bearer token; empty when the credential is the TLS client certificate.
-        token: String,
+        /// A [`Token`] so that `Debug` output of a message never shows it.
+        token: Token,
         /// Device role: the device ID to register. Access role: empty.
         device: String,
         /// Device role: the service names it offers.
@@ -255,7 +258,7 @@ impl Message {
                 w.u8(0x01);
                 w.u8(*version);
                 w.u8(*role as u8);
-                w.str16(token)?;
+                w.str16(token.expose())?;
                 w.str8(device)?;
                 w.count8(services.len())?;
                 for s in services {
@@ -349,7 +352,7 @@ impl Message {
                     2 => Role::Access,
                     _ => return Err(FrameError::Malformed("role")),
                 };
-                let token = r.str16(MAX_TOKEN_LEN)?;
+                let token = Token::from_wire(r.str16(MAX_TOKEN_LEN)?);
                 let device = r.str8()?;
                 let n = r.count8()?;
                 let mut services = Vec::with_capacity(n);
@@ -569,7 +572,7 @@ mod tests {
                 Message::Hello {
                     version: 1,
                     role: Role::Device,
-                    token: "tk".into(),
+                    token: Token::from_wire("tk".into()),
                     device: "pi".into(),
                     services: vec!["ssh".into()],
                     public: vec![("ssh".into(), 20022)],
@@ -580,7 +583,7 @@ mod tests {
                 Message::Hello {
                     version: 1,
                     role: Role::Access,
-                    token: "tk".into(),
+                    token: Token::from_wire("tk".into()),
                     device: String::new(),
                     services: vec![],
                     public: vec![],
@@ -657,7 +660,7 @@ mod tests {
         let msg = Message::Hello {
             version: 1,
             role: Role::Device,
-            token: "secret".into(),
+            token: Token::from_wire("secret".into()),
             device: "pi-42".into(),
             services: vec!["ssh".into(), "web".into()],
             public: vec![("web".into(), 0)],

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::auth::{AuthRequest, Authenticator, Identity, Token};
+use crate::auth::{AuthRequest, Authenticator, Identity};
 use crate::config::{DEFAULT_HEARTBEAT, Limits, MIN_HEARTBEAT};
 use crate::error::{ConfigError, RelayError};
 use crate::protocol::{
@@ -405,7 +405,7 @@ impl Relay {
             .map_err(|m| refusal(RefusalCode::BadRequest, &m, &m))?;
         let request = AuthRequest {
             peer,
-            token: (!token.is_empty()).then(|| Token::new(token)),
+            token: (!token.expose().is_empty()).then_some(token),
             client_cert: tls
                 .get_ref()
                 .1
@@ -479,7 +479,10 @@ impl Hello {
                         return Err(format!("invalid or duplicate service name {s:?}"));
                     }
                 }
-                for (s, _) in &self.public {
+                for (i, (s, _)) in self.public.iter().enumerate() {
+                    if self.public[..i].iter().any(|(o, _)| o == s) {
+                        return Err(format!("public port asked twice for service {s:?}"));
+                    }
                     if !self.services.contains(s) {
                         return Err(format!("public port for undeclared service {s:?}"));
                     }

@@ -73,9 +73,18 @@ impl Registry {
     }
 
     /// Registers a session; returns a session that raced in meanwhile, to be evicted.
-    pub(super) fn insert(&self, device: &str, entry: Online) -> Option<Online> {
+    /// Registers a session. Returns `Err(entry)` if another identity took the ID while this
+    /// session was being set up; otherwise a same-identity session that raced in, to evict.
+    pub(super) fn insert(&self, device: &str, entry: Online) -> Result<Option<Online>, Online> {
+        let mut online = lock(&self.online);
+        if online
+            .get(device)
+            .is_some_and(|held| held.identity != entry.identity && !held.session.is_closed())
+        {
+            return Err(entry);
+        }
         lock(&self.offline).0.remove(device);
-        lock(&self.online).insert(device.to_owned(), entry)
+        Ok(online.insert(device.to_owned(), entry))
     }
 
     /// Removes the device if `generation` still holds it (a newer session may have replaced it).

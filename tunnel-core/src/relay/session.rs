@@ -88,8 +88,18 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
         session: session.clone(),
         public_tasks,
     };
-    if let Some(raced) = relay.registry.insert(&device, entry) {
-        raced.evict().await;
+    match relay.registry.insert(&device, entry) {
+        Ok(Some(raced)) => raced.evict().await,
+        Ok(None) => {}
+        Err(ours) => {
+            // Another credential took the ID while we set up; our welcome was never sent,
+            // and the device's next attempt is refused as `device id taken`.
+            warn!(
+                identity = identity.name(),
+                device, "device id taken during registration"
+            );
+            return ours.evict().await;
+        }
     }
     let _ = go.send(());
     info!(identity = identity.name(), device, ?ports, "device online");
@@ -356,24 +366,31 @@ async fn open(
 }
 
 /// Opens a stream to the device, sends the `Incoming` header and waits for its answer.
+/// Opening and answering share one [`STREAM_OPEN_TIMEOUT`], the caller's own deadline.
 async fn ask_device(session: &Session, incoming: &Message) -> Result<Stream, (StatusCode, String)> {
     let unavailable = |m: String| (StatusCode::Unavailable, m);
-    let mut stream = session
-        .open()
-        .await
-        .map_err(|e| unavailable(format!("cannot reach the device: {e}")))?;
     let answer = async {
-        protocol::write_frame(&mut stream, incoming).await?;
-        protocol::read_frame(&mut stream, MAX_HEADER_LEN).await
+        let mut stream = session.open().await.map_err(|e| Err(e.to_string()))?;
+        protocol::write_frame(&mut stream, incoming)
+            .await
+            .map_err(Ok)?;
+        let reply = protocol::read_frame(&mut stream, MAX_HEADER_LEN)
+            .await
+            .map_err(Ok)?;
+        Ok::<_, Result<protocol::FrameError, String>>((stream, reply))
     };
     match tokio::time::timeout(STREAM_OPEN_TIMEOUT, answer).await {
-        Ok(Ok(Message::Status {
-            code: StatusCode::Ok,
-            ..
-        })) => Ok(stream),
-        Ok(Ok(Message::Status { code, message })) => Err((code, message)),
-        Ok(Ok(other)) => Err(unavailable(format!("device answered {}", other.name()))),
-        Ok(Err(e)) => Err(unavailable(format!("device stream failed: {e}"))),
+        Ok(Err(Err(open))) => Err(unavailable(format!("cannot reach the device: {open}"))),
+        Ok(Ok((
+            stream,
+            Message::Status {
+                code: StatusCode::Ok,
+                ..
+            },
+        ))) => Ok(stream),
+        Ok(Ok((_, Message::Status { code, message }))) => Err((code, message)),
+        Ok(Ok((_, other))) => Err(unavailable(format!("device answered {}", other.name()))),
+        Ok(Err(Ok(e))) => Err(unavailable(format!("device stream failed: {e}"))),
         Err(_) => Err(unavailable("the device did not answer in time".into())),
     }
 }
@@ -449,8 +466,17 @@ async fn list(relay: &Inner, mut stream: Stream, identity: &Identity) {
         }
     }
     entries.sort_by(|a, b| a.device.cmp(&b.device));
-    // Keep the frame under its 64 KiB cap: about 1000 entries with a few services each.
-    entries.truncate(1000);
+    // Keep the frame under its 64 KiB cap: drop entries past the budget (the list is
+    // sorted, so the cut is stable). An entry takes 3 bytes plus its names.
+    let mut size = 3;
+    let fits = entries
+        .iter()
+        .take_while(|e| {
+            size += 3 + e.device.len() + e.services.iter().map(|s| 1 + s.len()).sum::<usize>();
+            size <= protocol::MAX_FRAME_LEN
+        })
+        .count();
+    entries.truncate(fits);
     let msg = Message::DeviceList(entries);
     let _ = protocol::write_frame(&mut stream, &msg).await;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
