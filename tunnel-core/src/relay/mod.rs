@@ -309,6 +309,7 @@ impl Relay {
     }
 
     fn handshake_permit(&self, ip: IpAddr) -> Option<HandshakePermit> {
+        let ip = source_key(ip);
         let global = self.inner.handshakes.clone().try_acquire_owned().ok()?;
         let mut per_ip = self
             .inner
@@ -493,6 +494,18 @@ impl Hello {
     }
 }
 
+/// The key of the per-source handshake cap: the address for IPv4, the /64 prefix for
+/// IPv6 (one subscriber usually holds a whole /64 and could spread over it).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
 /// A slot in the handshake caps, released when the handshake ends either way.
 struct HandshakePermit {
     relay: Arc<Inner>,
@@ -513,5 +526,22 @@ impl Drop for HandshakePermit {
                 per_ip.remove(&self.ip);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_caps_count_an_ipv6_slash_64_as_one_source() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(v4), v4);
+        assert_eq!(source_key("::ffff:192.0.2.7".parse().unwrap()), v4);
     }
 }
