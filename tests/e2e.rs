@@ -14,15 +14,6 @@ use support::*;
 const DEVICE: usize = 0;
 const USER: usize = 1;
 
-/// A relay with a device credential for `device` and a user credential for `device/*`.
-async fn relay_for(device: &str) -> TestRelay {
-    spawn_relay(&[
-        ("device", may_register(device)),
-        ("user", may_access(&[&format!("{device}/*")])),
-    ])
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_access_echoes_bytes_exactly_through_the_relay() {
     let relay = relay_for("pi").await;

@@ -100,11 +100,7 @@ async fn dial_to_a_device_that_is_not_connected_reports_device_offline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_to_a_service_the_device_did_not_declare_reports_unknown_service() {
-    let relay = spawn_relay(&[
-        ("device", may_register("pi")),
-        ("user", may_access(&["pi/*"])),
-    ])
-    .await;
+    let relay = relay_for("pi").await;
     let echo = spawn_echo_server().await;
     let _device = relay.device(DEVICE, "pi", &[("echo", echo)]).await;
     let dialer = relay.dialer(USER).await;
@@ -119,11 +115,7 @@ async fn dial_to_a_service_the_device_did_not_declare_reports_unknown_service() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_to_a_declared_but_unforwarded_service_reports_unknown_service() {
-    let relay = spawn_relay(&[
-        ("device", may_register("pi")),
-        ("user", may_access(&["pi/*"])),
-    ])
-    .await;
+    let relay = relay_for("pi").await;
     let echo = spawn_echo_server().await;
     // Declares "echo" and "extra", but the forward map only knows "echo".
     let config = DeviceConfig::new(relay.client(DEVICE), "pi")
@@ -150,11 +142,7 @@ async fn dial_to_a_declared_but_unforwarded_service_reports_unknown_service() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_to_a_closed_local_port_reports_target_refused_and_the_tunnel_keeps_working() {
-    let relay = spawn_relay(&[
-        ("device", may_register("pi")),
-        ("user", may_access(&["pi/*"])),
-    ])
-    .await;
+    let relay = relay_for("pi").await;
     let echo = spawn_echo_server().await;
     let closed = closed_port_addr().await;
     let device = relay
@@ -179,11 +167,7 @@ async fn dial_to_a_closed_local_port_reports_target_refused_and_the_tunnel_keeps
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dial_with_an_invalid_name_is_rejected_without_harm() {
-    let relay = spawn_relay(&[
-        ("device", may_register("pi")),
-        ("user", may_access(&["pi/*"])),
-    ])
-    .await;
+    let relay = relay_for("pi").await;
     let echo = spawn_echo_server().await;
     let _device = relay.device(DEVICE, "pi", &[("echo", echo)]).await;
     let dialer = relay.dialer(USER).await;
@@ -235,11 +219,7 @@ async fn connecting_to_an_address_where_no_relay_listens_reports_unreachable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_whose_key_does_not_match_the_pin_is_a_bad_certificate() {
-    let relay = spawn_relay(&[
-        ("device", may_register("pi")),
-        ("user", may_access(&["pi/*"])),
-    ])
-    .await;
+    let relay = relay_for("pi").await;
     let impostor_pin = TlsIdentity::generate_self_signed(&["localhost"])
         .unwrap()
         .pin()
@@ -271,11 +251,7 @@ async fn a_relay_whose_key_does_not_match_the_pin_is_a_bad_certificate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_or_missing_token_is_refused_as_auth_failed() {
-    let relay = spawn_relay(&[
-        ("device", may_register("pi")),
-        ("user", may_access(&["pi/*"])),
-    ])
-    .await;
+    let relay = relay_for("pi").await;
     let wrong =
         ClientConfig::new(relay.addr.to_string(), relay.pin).token(Token::generate().unwrap());
     let none = ClientConfig::new(relay.addr.to_string(), relay.pin);

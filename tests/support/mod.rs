@@ -125,6 +125,16 @@ pub async fn spawn_relay(creds: &[(&str, Grants)]) -> TestRelay {
     spawn_relay_with(creds, |b| b).await
 }
 
+/// A relay with credential 0 (`device`) registering `device` and credential 1 (`user`)
+/// opening every service of it: the setup most tests share.
+pub async fn relay_for(device: &str) -> TestRelay {
+    spawn_relay(&[
+        ("device", may_register(device)),
+        ("user", may_access(&[&format!("{device}/*")])),
+    ])
+    .await
+}
+
 /// Spawns a relay whose builder is adjusted by `configure` (heartbeat, public ports, …).
 pub async fn spawn_relay_with(
     creds: &[(&str, Grants)],
