@@ -120,3 +120,33 @@ async fn shutdown_refuses_new_streams_and_lets_running_ones_finish() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_over_its_session_cap_is_refused_until_one_ends() {
+    let relay = spawn_relay_with(
+        &[
+            ("device", may_register("pi")),
+            ("user", may_access(&["pi/*"])),
+        ],
+        |b| b.max_sessions_per_identity(1),
+    )
+    .await;
+    let first = relay.dialer(USER).await;
+    let second = within("connect", WAIT, Dialer::connect(relay.client(USER))).await;
+    assert!(
+        matches!(
+            second,
+            Err(ConnectError::Refused {
+                code: RefusalCode::Unavailable,
+                ..
+            })
+        ),
+        "{second:?}"
+    );
+    first.close().await;
+    eventually("the slot to free up", WAIT, || {
+        let client = relay.client(USER);
+        async move { Dialer::connect(client).await.is_ok() }
+    })
+    .await;
+}

@@ -35,6 +35,9 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Default cap on connections still in TLS or hello, relay-wide: an attacker holding many
 /// half-open handshakes must not starve real devices of file descriptors and memory.
 const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Default cap on concurrent sessions of one identity: a leaked or stolen credential must
+/// not hold unbounded relay memory (each session may buffer up to its receive window).
+const DEFAULT_MAX_SESSIONS_PER_IDENTITY: usize = 64;
 /// Default cap on connections in TLS or hello from one IP address.
 const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
 
@@ -51,6 +54,7 @@ pub struct RelayBuilder {
     grace: Duration,
     max_handshakes: usize,
     max_handshakes_per_ip: usize,
+    max_sessions_per_identity: usize,
 }
 
 impl RelayBuilder {
@@ -99,6 +103,12 @@ impl RelayBuilder {
         self.max_handshakes_per_ip = per_ip;
         self
     }
+    /// Caps the concurrent sessions of one identity (default 64); more are refused as
+    /// `unavailable`. A device reconnecting replaces its old session, which frees its slot.
+    pub fn max_sessions_per_identity(mut self, n: usize) -> Self {
+        self.max_sessions_per_identity = n;
+        self
+    }
     /// Validates the configuration and builds the relay.
     pub fn build(self) -> Result<Relay, ConfigError> {
         self.limits.validate()?;
@@ -117,9 +127,12 @@ impl RelayBuilder {
                 "public port range is empty or starts at 0".into(),
             ));
         }
-        if self.max_handshakes == 0 || self.max_handshakes_per_ip == 0 {
+        if self.max_handshakes == 0
+            || self.max_handshakes_per_ip == 0
+            || self.max_sessions_per_identity == 0
+        {
             return Err(ConfigError::Invalid(
-                "handshake caps must be at least 1".into(),
+                "handshake and session caps must be at least 1".into(),
             ));
         }
         let pin = self.identity.pin()?;
@@ -141,6 +154,8 @@ impl RelayBuilder {
                 handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
                 per_ip: Mutex::new(HashMap::new()),
                 max_per_ip: self.max_handshakes_per_ip,
+                sessions: Mutex::new(HashMap::new()),
+                max_sessions: self.max_sessions_per_identity,
                 draining: CancellationToken::new(),
                 closing: CancellationToken::new(),
                 streams: TaskTracker::new(),
@@ -181,6 +196,9 @@ struct Inner {
     handshakes: Arc<Semaphore>,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     max_per_ip: usize,
+    /// Live sessions per identity name.
+    sessions: Mutex<HashMap<String, usize>>,
+    max_sessions: usize,
     /// Cancelled when shutdown begins: no new streams, no new sessions.
     draining: CancellationToken,
     /// Cancelled when the grace period is over: every session closes.
@@ -214,6 +232,7 @@ impl Relay {
             grace: DEFAULT_GRACE,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
+            max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
         }
     }
 
@@ -298,7 +317,7 @@ impl Relay {
         let span = info_span!("conn", %peer);
         self.inner.connections.spawn(
             async move {
-                let Some((tls, hello, identity)) = relay.handshake(tcp, peer).await else {
+                let Some((tls, hello, identity, _slot)) = relay.handshake(tcp, peer).await else {
                     return;
                 };
                 drop(permit);
@@ -311,11 +330,7 @@ impl Relay {
     fn handshake_permit(&self, ip: IpAddr) -> Option<HandshakePermit> {
         let ip = source_key(ip);
         let global = self.inner.handshakes.clone().try_acquire_owned().ok()?;
-        let mut per_ip = self
-            .inner
-            .per_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut per_ip = lock(&self.inner.per_ip);
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= self.inner.max_per_ip {
             return None;
@@ -330,7 +345,11 @@ impl Relay {
 
     /// TLS, ALPN, hello and authentication, under one deadline. Failures are answered with
     /// a `Refused` frame where the peer speaks our protocol, and logged without secrets.
-    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<(Tls, Hello, Identity)> {
+    async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(Tls, Hello, Identity, SessionSlot)> {
         let inner = &self.inner;
         let attempt = async {
             let mut tls = inner
@@ -349,7 +368,7 @@ impl Relay {
                 }
             };
             match self.check_hello(msg, &tls, peer).await {
-                Ok((hello, identity)) => Ok((tls, hello, identity)),
+                Ok((hello, identity, slot)) => Ok((tls, hello, identity, slot)),
                 Err((code, message, log)) => {
                     refuse(&mut tls, code, &message).await;
                     Err(log)
@@ -374,7 +393,7 @@ impl Relay {
         msg: Message,
         tls: &Tls,
         peer: SocketAddr,
-    ) -> Result<(Hello, Identity), Refusal> {
+    ) -> Result<(Hello, Identity, SessionSlot), Refusal> {
         let Message::Hello {
             version,
             role,
@@ -434,7 +453,28 @@ impl Relay {
                 "draining",
             ));
         }
-        Ok((hello, identity))
+        let slot = self.session_slot(identity.name()).ok_or_else(|| {
+            let log = format!("{} holds too many sessions", identity.name());
+            refusal(
+                RefusalCode::Unavailable,
+                "too many sessions for this credential",
+                &log,
+            )
+        })?;
+        Ok((hello, identity, slot))
+    }
+
+    fn session_slot(&self, name: &str) -> Option<SessionSlot> {
+        let mut sessions = lock(&self.inner.sessions);
+        let n = sessions.entry(name.to_owned()).or_insert(0);
+        if *n >= self.inner.max_sessions {
+            return None;
+        }
+        *n += 1;
+        Some(SessionSlot {
+            relay: self.inner.clone(),
+            name: name.to_owned(),
+        })
     }
 }
 
@@ -506,6 +546,30 @@ fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A slot in the per-identity session cap, released when the session ends.
+struct SessionSlot {
+    relay: Arc<Inner>,
+    name: String,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut sessions = lock(&self.relay.sessions);
+        if let Some(n) = sessions.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                sessions.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: each critical section is a
+/// single counter update, so the map stays consistent.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A slot in the handshake caps, released when the handshake ends either way.
 struct HandshakePermit {
     relay: Arc<Inner>,
@@ -515,11 +579,7 @@ struct HandshakePermit {
 
 impl Drop for HandshakePermit {
     fn drop(&mut self) {
-        let mut per_ip = self
-            .relay
-            .per_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut per_ip = lock(&self.relay.per_ip);
         if let Some(n) = per_ip.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::task::JoinHandle;
 
+use super::lock;
 use crate::mux::Session;
 
 /// Offline devices remembered for `--list`; beyond this, the oldest are forgotten, so a
@@ -139,10 +140,4 @@ impl Registry {
     pub(super) fn drain(&self) -> Vec<Online> {
         lock(&self.online).drain().map(|(_, e)| e).collect()
     }
-}
-
-/// Locks a mutex even if a panicking thread poisoned it: the maps stay consistent because
-/// every critical section is a single insert or remove.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
