@@ -1,10 +1,10 @@
 //! The relay: accepts TLS from devices and access clients, authenticates them, keeps the
 //! registry of online devices and joins authorized access streams to device streams.
 
+mod limit;
 mod registry;
 mod session;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -28,6 +28,7 @@ use crate::protocol::{
     self, ALPN, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, RefusalCode, Role, VERSION,
 };
 use crate::tls::{SpkiPin, TlsIdentity};
+use limit::{KeyedLimit, Slot};
 use registry::Registry;
 
 /// Default time running streams get to finish after shutdown begins.
@@ -152,10 +153,8 @@ impl RelayBuilder {
                 grace: self.grace,
                 registry: Registry::default(),
                 handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
-                per_ip: Mutex::new(HashMap::new()),
-                max_per_ip: self.max_handshakes_per_ip,
-                sessions: Mutex::new(HashMap::new()),
-                max_sessions: self.max_sessions_per_identity,
+                per_source: KeyedLimit::new(self.max_handshakes_per_ip),
+                per_identity: KeyedLimit::new(self.max_sessions_per_identity),
                 draining: CancellationToken::new(),
                 closing: CancellationToken::new(),
                 streams: TaskTracker::new(),
@@ -194,11 +193,10 @@ struct Inner {
     grace: Duration,
     registry: Registry,
     handshakes: Arc<Semaphore>,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    max_per_ip: usize,
+    /// Handshakes in progress per source (address, or /64 for IPv6).
+    per_source: KeyedLimit<IpAddr>,
     /// Live sessions per identity name.
-    sessions: Mutex<HashMap<String, usize>>,
-    max_sessions: usize,
+    per_identity: KeyedLimit<String>,
     /// Cancelled when shutdown begins: no new streams, no new sessions.
     draining: CancellationToken,
     /// Cancelled when the grace period is over: every session closes.
@@ -328,18 +326,11 @@ impl Relay {
     }
 
     fn handshake_permit(&self, ip: IpAddr) -> Option<HandshakePermit> {
-        let ip = source_key(ip);
         let global = self.inner.handshakes.clone().try_acquire_owned().ok()?;
-        let mut per_ip = lock(&self.inner.per_ip);
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.inner.max_per_ip {
-            return None;
-        }
-        *n += 1;
+        let source = self.inner.per_source.try_take(source_key(ip))?;
         Some(HandshakePermit {
-            relay: self.inner.clone(),
-            ip,
             _global: global,
+            _source: source,
         })
     }
 
@@ -349,7 +340,7 @@ impl Relay {
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-    ) -> Option<(Tls, Hello, Identity, SessionSlot)> {
+    ) -> Option<(Tls, Hello, Identity, Slot<String>)> {
         let inner = &self.inner;
         let attempt = async {
             let mut tls = inner
@@ -393,7 +384,7 @@ impl Relay {
         msg: Message,
         tls: &Tls,
         peer: SocketAddr,
-    ) -> Result<(Hello, Identity, SessionSlot), Refusal> {
+    ) -> Result<(Hello, Identity, Slot<String>), Refusal> {
         let Message::Hello {
             version,
             role,
@@ -453,28 +444,19 @@ impl Relay {
                 "draining",
             ));
         }
-        let slot = self.session_slot(identity.name()).ok_or_else(|| {
-            let log = format!("{} holds too many sessions", identity.name());
-            refusal(
-                RefusalCode::Unavailable,
-                "too many sessions for this credential",
-                &log,
-            )
-        })?;
+        let slot = self
+            .inner
+            .per_identity
+            .try_take(identity.name().to_owned())
+            .ok_or_else(|| {
+                let log = format!("{} holds too many sessions", identity.name());
+                refusal(
+                    RefusalCode::Unavailable,
+                    "too many sessions for this credential",
+                    &log,
+                )
+            })?;
         Ok((hello, identity, slot))
-    }
-
-    fn session_slot(&self, name: &str) -> Option<SessionSlot> {
-        let mut sessions = lock(&self.inner.sessions);
-        let n = sessions.entry(name.to_owned()).or_insert(0);
-        if *n >= self.inner.max_sessions {
-            return None;
-        }
-        *n += 1;
-        Some(SessionSlot {
-            relay: self.inner.clone(),
-            name: name.to_owned(),
-        })
     }
 }
 
@@ -546,24 +528,6 @@ fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A slot in the per-identity session cap, released when the session ends.
-struct SessionSlot {
-    relay: Arc<Inner>,
-    name: String,
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        let mut sessions = lock(&self.relay.sessions);
-        if let Some(n) = sessions.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
-                sessions.remove(&self.name);
-            }
-        }
-    }
-}
-
 /// Locks a mutex even if a panicking thread poisoned it: each critical section is a
 /// single counter update, so the map stays consistent.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -572,21 +536,8 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// A slot in the handshake caps, released when the handshake ends either way.
 struct HandshakePermit {
-    relay: Arc<Inner>,
-    ip: IpAddr,
     _global: OwnedSemaphorePermit,
-}
-
-impl Drop for HandshakePermit {
-    fn drop(&mut self) {
-        let mut per_ip = lock(&self.relay.per_ip);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
-        }
-    }
+    _source: Slot<IpAddr>,
 }
 
 #[cfg(test)]
