@@ -37,31 +37,17 @@ async fn private_access_echoes_bytes_exactly_through_the_relay() {
 async fn public_port_carries_plain_tcp_to_the_device_service() {
     let relay = spawn_relay_with(
         &[("web-device", may_register("web-dev").public(true))],
-        |b| {
-            b.public_ports(40000..=40999)
-                .public_bind([127, 0, 0, 1].into())
-        },
+        allow_public_ports,
     )
     .await;
     let echo = spawn_echo_server().await;
-    let config = DeviceConfig::new(relay.client(0), "web-dev")
-        .service("web")
-        .public("web", 0);
-    let device = try_start_device(config, targets(&[("web", echo)]))
-        .await
-        .expect("public device binds");
-    let public = device
-        .listener
-        .wait_connected(WAIT)
-        .await
-        .expect("device connects");
-    relay.wait_online("web-dev").await;
+    let (device, public) = start_public_device(&relay, "web", echo).await;
 
     assert_eq!(public.len(), 1, "one public port: {public:?}");
     let (service, port) = public[0].clone();
     assert_eq!(service, "web");
     assert!(
-        (40000..=40999).contains(&port),
+        PUBLIC_PORTS.contains(&port),
         "port {port} outside the relay's range"
     );
     assert_eq!(
@@ -214,25 +200,11 @@ async fn half_close_on_a_public_port_lets_the_server_reply_in_full() {
     const REPLY: u64 = 1024 * 1024;
     let relay = spawn_relay_with(
         &[("web-device", may_register("web-dev").public(true))],
-        |b| {
-            b.public_ports(40000..=40999)
-                .public_bind([127, 0, 0, 1].into())
-        },
+        allow_public_ports,
     )
     .await;
     let server = spawn_reply_after_eof_server().await;
-    let config = DeviceConfig::new(relay.client(0), "web-dev")
-        .service("rpc")
-        .public("rpc", 0);
-    let device = try_start_device(config, targets(&[("rpc", server)]))
-        .await
-        .expect("public device binds");
-    let public = device
-        .listener
-        .wait_connected(WAIT)
-        .await
-        .expect("device connects");
-    relay.wait_online("web-dev").await;
+    let (_device, public) = start_public_device(&relay, "rpc", server).await;
     let port = public.first().expect("a public port").1;
 
     let tcp = within(

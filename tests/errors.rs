@@ -472,11 +472,7 @@ async fn a_public_port_is_refused_when_the_relay_has_no_port_range() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_port_is_refused_when_the_credential_may_not_publish() {
-    let relay = spawn_relay_with(&[("web", may_register("web-dev"))], |b| {
-        b.public_ports(40000..=40999)
-            .public_bind([127, 0, 0, 1].into())
-    })
-    .await;
+    let relay = spawn_relay_with(&[("web", may_register("web-dev"))], allow_public_ports).await;
     let echo = spawn_echo_server().await;
     let config = DeviceConfig::new(relay.client(0), "web-dev")
         .service("web")
@@ -490,10 +486,10 @@ async fn a_public_port_is_refused_when_the_credential_may_not_publish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_public_port_outside_the_relay_range_is_refused() {
-    let relay = spawn_relay_with(&[("web", may_register("web-dev").public(true))], |b| {
-        b.public_ports(40000..=40999)
-            .public_bind([127, 0, 0, 1].into())
-    })
+    let relay = spawn_relay_with(
+        &[("web", may_register("web-dev").public(true))],
+        allow_public_ports,
+    )
     .await;
     let echo = spawn_echo_server().await;
     let config = DeviceConfig::new(relay.client(0), "web-dev")

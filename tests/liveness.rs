@@ -217,26 +217,11 @@ async fn client_read_fails_when_the_device_goes_silent_mid_stream() {
 async fn public_connection_is_reset_not_closed_when_the_device_dies() {
     let relay = spawn_relay_with(
         &[("web-device", may_register("web-dev").public(true))],
-        |b| {
-            b.heartbeat_interval(HEARTBEAT)
-                .public_ports(40000..=40999)
-                .public_bind([127, 0, 0, 1].into())
-        },
+        |b| allow_public_ports(b.heartbeat_interval(HEARTBEAT)),
     )
     .await;
     let greet = spawn_greeting_server(BANNER).await;
-    let config = DeviceConfig::new(relay.client(0), "web-dev")
-        .service("web")
-        .public("web", 0);
-    let device = try_start_device(config, targets(&[("web", greet)]))
-        .await
-        .expect("public device binds");
-    let public = device
-        .listener
-        .wait_connected(WAIT)
-        .await
-        .expect("device connects");
-    relay.wait_online("web-dev").await;
+    let (device, public) = start_public_device(&relay, "web", greet).await;
     let port = public.first().expect("a public port").1;
 
     let mut tcp = within(

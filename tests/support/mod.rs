@@ -341,6 +341,38 @@ pub async fn start_device(
     device
 }
 
+/// The relay port range public-port tests allow (the relay picks a free port in it).
+pub const PUBLIC_PORTS: std::ops::RangeInclusive<u16> = 40000..=40999;
+
+/// Relay settings for public-port tests: the range above, bound on loopback only.
+pub fn allow_public_ports(b: RelayBuilder) -> RelayBuilder {
+    b.public_ports(PUBLIC_PORTS)
+        .public_bind([127, 0, 0, 1].into())
+}
+
+/// Starts device `web-dev` with credential 0, publishing `service` (forwarded to `target`)
+/// on any free relay port; waits until it is online. Returns the device and its public
+/// `(service, port)` list.
+pub async fn start_public_device(
+    relay: &TestRelay,
+    service: &str,
+    target: SocketAddr,
+) -> (TestDevice, Vec<(String, u16)>) {
+    let config = DeviceConfig::new(relay.client(0), "web-dev")
+        .service(service)
+        .public(service, 0);
+    let device = try_start_device(config, targets(&[(service, target)]))
+        .await
+        .expect("public device binds");
+    let public = device
+        .listener
+        .wait_connected(WAIT)
+        .await
+        .expect("device connects");
+    relay.wait_online("web-dev").await;
+    (device, public)
+}
+
 /// A forward map from `(service, address)` pairs.
 pub fn targets(services: &[(&str, SocketAddr)]) -> HashMap<String, String> {
     services
