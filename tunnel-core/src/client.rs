@@ -113,7 +113,7 @@ pub(crate) async fn connect(
 ) -> Result<Connected, ConnectError> {
     cfg.limits.validate()?;
     let host = cfg.host()?.to_owned();
-    let name = tls_server_name(cfg.server_name.as_deref().unwrap_or(&host))?;
+    let name = crate::tls::server_name(cfg.server_name.as_deref().unwrap_or(&host))?;
     let tls_config = crate::tls::client_config(&cfg.trust, cfg.client_cert.as_ref())?;
     let span =
         info_span!("session", relay = %cfg.relay, role = ?request.role, device = %request.device);
@@ -190,10 +190,6 @@ pub(crate) async fn connect(
         identity,
         public,
     })
-}
-
-fn tls_server_name(host: &str) -> Result<rustls::pki_types::ServerName<'static>, ConfigError> {
-    crate::tls::server_name(host)
 }
 
 /// Classifies a TLS failure: certificate problems on either side are permanent and named.

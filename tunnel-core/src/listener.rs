@@ -10,7 +10,6 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::client::{ClientConfig, Connected, HelloRequest, connect};
 use crate::error::{ConfigError, ConnectError};
-use crate::mux::Session;
 use crate::protocol::{
     self, MAX_HEADER_LEN, MAX_SERVICES, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -391,15 +390,9 @@ impl Supervisor {
                 }
             }
         }
-        session_end_reason(&session)
-    }
-}
-
-fn session_end_reason(session: &Session) -> String {
-    if session.is_closed() {
+        // The session ended by itself: the relay went away, a heartbeat was missed, or a
+        // newer session of this device replaced it.
         "session closed (relay gone, heartbeat lost or replaced)".into()
-    } else {
-        "session ended".into()
     }
 }
 

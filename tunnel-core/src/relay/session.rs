@@ -229,7 +229,6 @@ async fn serve(relay: &Arc<Inner>, session: &Session, mut inbound: Inbound, ctx:
         }
     }
     session.close();
-    session.closed().await;
 }
 
 /// Completes when no ping has arrived for `dead_after`.
