@@ -2,8 +2,10 @@
 //! registry of online devices and joins authorized access streams to device streams.
 
 mod limit;
+mod meter;
 mod registry;
 mod session;
+mod throttle;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -30,6 +32,7 @@ use crate::protocol::{
 use crate::tls::{SpkiPin, TlsIdentity};
 use limit::{KeyedLimit, Slot};
 use registry::Registry;
+use throttle::{AuthThrottle, DEFAULT_AUTH_FAILURE_BURST, DEFAULT_AUTH_FAILURE_REFILL};
 
 /// Default time running streams get to finish after shutdown begins.
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -56,6 +59,8 @@ pub struct RelayBuilder {
     max_handshakes: usize,
     max_handshakes_per_ip: usize,
     max_sessions_per_identity: usize,
+    auth_failure_burst: u32,
+    auth_failure_refill: Duration,
 }
 
 impl RelayBuilder {
@@ -110,6 +115,15 @@ impl RelayBuilder {
         self.max_sessions_per_identity = n;
         self
     }
+    /// Throttles token guessing: a source (IP address, /64 for IPv6) may fail
+    /// authentication `burst` times in a row (default 10); after that its connections are
+    /// closed right after the TCP accept, and it gets one more try per `refill`
+    /// (default 6 s). Successful logins do not count.
+    pub fn auth_failure_limit(mut self, burst: u32, refill: Duration) -> Self {
+        self.auth_failure_burst = burst;
+        self.auth_failure_refill = refill;
+        self
+    }
     /// Validates the configuration and builds the relay.
     pub fn build(self) -> Result<Relay, ConfigError> {
         self.limits.validate()?;
@@ -136,6 +150,11 @@ impl RelayBuilder {
                 "handshake and session caps must be at least 1".into(),
             ));
         }
+        if self.auth_failure_burst == 0 || self.auth_failure_refill.is_zero() {
+            return Err(ConfigError::Invalid(
+                "auth failure burst and refill must be non-zero".into(),
+            ));
+        }
         let pin = self.identity.pin()?;
         let tls = TlsAcceptor::from(crate::tls::server_config(
             &self.identity,
@@ -155,6 +174,7 @@ impl RelayBuilder {
                 handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
                 per_source: KeyedLimit::new(self.max_handshakes_per_ip),
                 per_identity: KeyedLimit::new(self.max_sessions_per_identity),
+                auth_failures: AuthThrottle::new(self.auth_failure_burst, self.auth_failure_refill),
                 draining: CancellationToken::new(),
                 closing: CancellationToken::new(),
                 streams: TaskTracker::new(),
@@ -197,6 +217,8 @@ struct Inner {
     per_source: KeyedLimit<IpAddr>,
     /// Live sessions per identity name.
     per_identity: KeyedLimit<String>,
+    /// Failed authentications per source, to slow down token guessing.
+    auth_failures: AuthThrottle,
     /// Cancelled when shutdown begins: no new streams, no new sessions.
     draining: CancellationToken,
     /// Cancelled when the grace period is over: every session closes.
@@ -231,6 +253,8 @@ impl Relay {
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
             max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
+            auth_failure_burst: DEFAULT_AUTH_FAILURE_BURST,
+            auth_failure_refill: DEFAULT_AUTH_FAILURE_REFILL,
         }
     }
 
@@ -306,6 +330,10 @@ impl Relay {
     }
 
     fn spawn_connection(&self, tcp: TcpStream, peer: SocketAddr) {
+        if self.inner.auth_failures.is_blocked(source_key(peer.ip())) {
+            debug!(%peer, "too many failed authentications from this source; dropping");
+            return;
+        }
         let Some(permit) = self.handshake_permit(peer.ip()) else {
             debug!(%peer, "too many handshakes in progress; dropping connection");
             return;
@@ -425,12 +453,22 @@ impl Relay {
                 .map(|c| c.to_vec()),
             device: (role == Role::Device).then(|| hello.device.clone()),
         };
+        // Handshakes already in flight when the source was cut off are not authenticated
+        // either: a correct guess must not succeed while the source is blocked.
+        if self.inner.auth_failures.is_blocked(source_key(peer.ip())) {
+            return Err(refusal(
+                RefusalCode::AuthFailed,
+                "authentication failed",
+                "source throttled after failed authentications",
+            ));
+        }
         let identity = self
             .inner
             .authenticator
             .authenticate(&request)
             .await
             .map_err(|e| {
+                self.inner.auth_failures.failed(source_key(peer.ip()));
                 refusal(
                     RefusalCode::AuthFailed,
                     "authentication failed",

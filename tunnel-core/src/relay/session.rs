@@ -9,6 +9,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::meter::Metered;
 use super::registry::{Claim, Online};
 use super::{Hello, Inner, Tls, refuse};
 use crate::auth::Identity;
@@ -136,7 +137,7 @@ fn start(relay: &Inner, tls: Tls, role: Role, welcome: Preamble) -> (Session, In
         Role::Access => Opener::Remote,
     };
     Session::spawn(
-        tls,
+        Metered::new(tls),
         &relay.limits,
         opener,
         yamux::Mode::Server,

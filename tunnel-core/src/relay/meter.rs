@@ -1,0 +1,230 @@
+//! Per-session abuse limits at the relay: a pass-through wrapper under yamux that reads the
+//! 12-byte yamux frame headers the peer sends and counts stream opens and frames that carry
+//! nothing (empty data, zero window updates, pings). yamux bounds memory (windows, ACK
+//! backlog, one pending frame) but not the *rate* of such frames, which cost CPU and, for
+//! opens, a task each. A peer over either rate gets an I/O error on its connection: the
+//! session ends, other sessions are untouched.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tracing::warn;
+
+/// Streams a peer may open per second, sustained. An access client opens one stream per
+/// connection it forwards; 200/s is a busy web page every second, far above interactive use.
+pub(super) const STREAM_OPENS_PER_SEC: u32 = 200;
+/// Stream opens allowed in a burst above the sustained rate (a page load, a reconnect storm
+/// of a port forward).
+pub(super) const STREAM_OPEN_BURST: u32 = 1024;
+/// Frames carrying nothing (empty data without flags, window update of 0 without flags,
+/// ping) a peer may send per second, sustained. yamux itself sends one ping per 10 s.
+pub(super) const EMPTY_FRAMES_PER_SEC: u32 = 100;
+/// Empty frames allowed in a burst.
+pub(super) const EMPTY_FRAME_BURST: u32 = 1024;
+
+const HEADER_LEN: usize = 12;
+const TYPE_DATA: u8 = 0;
+const TYPE_WINDOW_UPDATE: u8 = 1;
+const TYPE_PING: u8 = 2;
+const FLAG_SYN: u16 = 1;
+
+/// A leaky bucket: `rate` per second sustained, `burst` above it.
+struct Bucket {
+    /// When the bucket is empty again (GCRA theoretical arrival time).
+    paid: Instant,
+    interval: Duration,
+    limit: Duration,
+}
+
+impl Bucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        let interval = Duration::from_secs(1) / rate.max(1);
+        Self {
+            paid: Instant::now(),
+            interval,
+            limit: interval * burst,
+        }
+    }
+    /// Counts one event; false when over the limit.
+    fn take(&mut self, now: Instant) -> bool {
+        self.paid = self.paid.max(now) + self.interval;
+        self.paid.saturating_duration_since(now) <= self.limit
+    }
+}
+
+/// The socket under a relay session's yamux, metered on the read side.
+pub(super) struct Metered<T> {
+    inner: T,
+    meter: Meter,
+}
+
+impl<T> Metered<T> {
+    pub(super) fn new(inner: T) -> Self {
+        Self {
+            inner,
+            meter: Meter::new(),
+        }
+    }
+}
+
+/// Where the peer's byte stream is in the yamux framing, and its rate buckets.
+struct Meter {
+    header: [u8; HEADER_LEN],
+    have: usize,
+    /// Data-frame body bytes still to skip before the next header.
+    skip: u64,
+    opens: Bucket,
+    empty: Bucket,
+}
+
+impl Meter {
+    fn new() -> Self {
+        Self {
+            header: [0; HEADER_LEN],
+            have: 0,
+            skip: 0,
+            opens: Bucket::new(STREAM_OPENS_PER_SEC, STREAM_OPEN_BURST),
+            empty: Bucket::new(EMPTY_FRAMES_PER_SEC, EMPTY_FRAME_BURST),
+        }
+    }
+
+    /// Walks the bytes just read; an error when the peer is over a rate.
+    fn inspect(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let now = Instant::now();
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip).map_or(bytes.len(), |s| s.min(bytes.len()));
+                bytes = &bytes[n..];
+                self.skip -= n as u64;
+                continue;
+            }
+            let n = (HEADER_LEN - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have < HEADER_LEN {
+                break;
+            }
+            self.have = 0;
+            let h = self.header;
+            let kind = h[1];
+            let flags = u16::from_be_bytes([h[2], h[3]]);
+            let length = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+            if kind == TYPE_DATA {
+                self.skip = u64::from(length);
+            }
+            if flags & FLAG_SYN != 0
+                && (kind == TYPE_DATA || kind == TYPE_WINDOW_UPDATE)
+                && !self.opens.take(now)
+            {
+                return Err(abuse("opens streams too fast"));
+            }
+            let empty = match kind {
+                TYPE_DATA | TYPE_WINDOW_UPDATE => length == 0 && flags == 0,
+                TYPE_PING => true,
+                _ => false,
+            };
+            if empty && !self.empty.take(now) {
+                return Err(abuse("floods empty frames"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn abuse(what: &str) -> io::Error {
+    warn!(
+        what,
+        "peer over its session rate limit; closing the session"
+    );
+    io::Error::new(io::ErrorKind::ConnectionAborted, format!("peer {what}"))
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let res = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = res {
+            this.meter.inspect(&buf.filled()[before..])?;
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u16, id: u32, len: u32) -> Vec<u8> {
+        let mut f = vec![0, kind];
+        f.extend_from_slice(&flags.to_be_bytes());
+        f.extend_from_slice(&id.to_be_bytes());
+        f.extend_from_slice(&len.to_be_bytes());
+        f
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn data_bodies_are_skipped_even_when_split_across_reads() {
+        let mut m = Meter::new();
+        let mut bytes = frame(TYPE_DATA, 0, 1, 5);
+        bytes.extend_from_slice(b"hello");
+        bytes.extend(frame(TYPE_WINDOW_UPDATE, 0, 1, 1000));
+        for chunk in bytes.chunks(3) {
+            m.inspect(chunk).unwrap();
+        }
+        assert_eq!((m.have, m.skip), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_frame_flood_is_cut_off_and_a_steady_trickle_is_not() {
+        let mut m = Meter::new();
+        let empty = frame(TYPE_DATA, 0, 1, 0);
+        for _ in 0..EMPTY_FRAME_BURST {
+            m.inspect(&empty).unwrap();
+        }
+        assert!(m.inspect(&empty).is_err());
+        let mut m = Meter::new();
+        for _ in 0..5000 {
+            tokio::time::advance(Duration::from_millis(20)).await;
+            m.inspect(&frame(TYPE_PING, FLAG_SYN, 0, 7)).unwrap();
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_flood_is_cut_off() {
+        let mut m = Meter::new();
+        let mut err = None;
+        for id in 0..(STREAM_OPEN_BURST + 10) {
+            if let Err(e) = m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * id + 1, 0)) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert!(err.is_some_and(|e| e.to_string().contains("opens")));
+    }
+}
