@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tunnel_core::{ClientConfig, RelayTrust, SpkiPin, TlsIdentity, Token};
+use tunnel_core::{ClientConfig, Limits, RelayTrust, SpkiPin, TlsIdentity, Token};
 
 /// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
@@ -68,6 +68,9 @@ pub struct ClientArgs {
     /// Private key (PEM) of --cert.
     #[arg(long, value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Most concurrent streams on the session (default 128); use the relay's value.
+    #[arg(long, value_name = "N")]
+    pub max_streams: Option<usize>,
 }
 
 impl ClientArgs {
@@ -79,6 +82,9 @@ impl ClientArgs {
             (None, None) => bail!("give --pin or --ca-file"),
         };
         let mut config = ClientConfig::new(self.relay.clone(), trust);
+        if let Some(n) = self.max_streams {
+            config = config.limits(limits_for(n));
+        }
         if let Some(name) = &self.server_name {
             config = config.server_name(name.clone());
         }
@@ -103,6 +109,15 @@ impl ClientArgs {
         }
         Ok(config)
     }
+}
+
+/// [`Limits`] for `max_streams` streams per session, with the smallest receive window that
+/// allows it (at least the default 64 MiB).
+pub fn limits_for(max_streams: usize) -> Limits {
+    let window = (max_streams * 2 * 256 * 1024).max(64 << 20);
+    Limits::default()
+        .max_streams(max_streams)
+        .receive_window(window)
 }
 
 /// Parses `name=value` pairs of repeated flags such as `--expose ssh=127.0.0.1:22`.

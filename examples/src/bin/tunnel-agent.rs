@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use clap::Parser;
-use tunnel_core::{DeviceConfig, Listener, forward};
+use tokio::sync::watch;
+use tunnel_core::{DeviceConfig, Listener, ListenerState, forward};
 use tunnel_examples::{ClientArgs, init_tracing, parse_pair, shutdown_signal};
 
 const EXAMPLES: &str = "\
@@ -52,8 +53,23 @@ async fn main() -> anyhow::Result<()> {
     let targets: HashMap<String, String> = cli.expose.into_iter().collect();
     tokio::select! {
         () = forward(&listener, targets) => {}
+        () = print_public_ports(listener.watch_state()) => {}
         () = shutdown_signal() => tracing::info!("stopping"),
     }
     listener.close();
     Ok(())
+}
+
+/// Prints `public SERVICE PORT` on stdout (for scripts) each time the relay binds a port.
+async fn print_public_ports(mut state: watch::Receiver<ListenerState>) {
+    loop {
+        if let ListenerState::Connected { public } = &*state.borrow_and_update() {
+            for (service, port) in public {
+                println!("public {service} {port}");
+            }
+        }
+        if state.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }

@@ -87,6 +87,9 @@ struct ServeArgs {
     /// Seconds running streams get to finish on shutdown.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// Most concurrent streams per session (default 128); clients should use the same value.
+    #[arg(long, value_name = "N")]
+    max_streams: Option<usize>,
     #[command(flatten)]
     cert: CertArgs,
 }
@@ -171,6 +174,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         builder = builder
             .public_ports(lo.parse()?..=hi.parse()?)
             .public_bind(args.public_bind);
+    }
+    if let Some(n) = args.max_streams {
+        builder = builder.limits(tunnel_examples::limits_for(n));
     }
     let relay = builder
         .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))

@@ -1,0 +1,203 @@
+//! Scale and cost, measured on the release relay and agent processes:
+//!
+//! 1. relay memory per connected idle device at 1, 1 000 and 10 000 devices (each with its
+//!    own token, as in a real fleet), and the time to register each step;
+//! 2. relay and agent memory per idle tunnelled connection (public port and private);
+//! 3. relay and agent CPU seconds per GiB relayed (private and public).
+//!
+//! `cargo bench -p tunnel-benches --bench scale` (env: `BENCH_DEVICES`, default
+//! `1,1000,10000`; `BENCH_IDLE`, idle connections, default 1000; `BENCH_GIB`, default 1).
+//! The fd limit must allow the devices (this machine's is 20 000, two sockets per device in
+//! all: one here, one in the relay).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::Semaphore;
+use tunnel_benches::procs::{
+    Proc, Tunnel, TunnelOptions, build_release_binaries, cpu_secs, release_dir, rss_kib,
+};
+use tunnel_benches::servers::Servers;
+use tunnel_benches::workload::{Duplex, Target, transfer};
+use tunnel_benches::{WAIT, env_or};
+use tunnel_core::{
+    ClientConfig, DeviceConfig, Dialer, Listener, SpkiPin, Token, TokenEntry, TokenFile,
+};
+
+/// Registrations in flight at once: under the relay's per-source handshake cap (32).
+const CONCURRENT_REGISTRATIONS: usize = 16;
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo bench -- --list`: nothing to list
+    }
+    build_release_binaries();
+    let steps: Vec<usize> = env_or("BENCH_DEVICES", "1,1000,10000".to_owned())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    devices(&steps).await;
+    let servers = Servers::start(1);
+    idle_connections(&servers, env_or("BENCH_IDLE", 1000)).await;
+    cpu_per_gib(&servers, env_or("BENCH_GIB", 1)).await;
+}
+
+/// Relay RSS as idle devices join, in steps.
+async fn devices(steps: &[usize]) {
+    let max = steps.iter().copied().max().unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("tunnel-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut file = TokenFile::default();
+    let mut tokens = Vec::with_capacity(max);
+    for i in 0..max {
+        let token = Token::generate().expect("token");
+        file.tokens.push(TokenEntry {
+            name: format!("dev-{i}"),
+            hash: token.hash().to_string(),
+            devices: vec![format!("dev-{i}")],
+            access: vec![],
+            public: false,
+        });
+        tokens.push(token);
+    }
+    file.save(dir.join("tokens.toml")).expect("token file");
+    let mut cmd = Command::new(release_dir().join("tunnel-relay"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--tokens"])
+        .arg(dir.join("tokens.toml"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .env("RUST_LOG", "error");
+    let (relay, v) = Proc::spawn(&mut cmd, &["listening", "pin"]).await;
+    let (addr, pin): (String, SpkiPin) = (v[0].clone(), v[1].parse().expect("pin"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = rss_kib(relay.pid());
+    println!("relay RSS with no device: {base} KiB");
+    println!(
+        "{:>8} {:>12} {:>16} {:>14}",
+        "devices", "relay RSS", "per device", "register time"
+    );
+    let mut listeners: Vec<Listener> = Vec::with_capacity(max);
+    let gate = Arc::new(Semaphore::new(CONCURRENT_REGISTRATIONS));
+    for &n in steps {
+        let start = Instant::now();
+        let mut joins = Vec::new();
+        for (i, token) in tokens.iter().enumerate().take(n).skip(listeners.len()) {
+            let config = DeviceConfig::new(
+                ClientConfig::new(addr.clone(), pin).token(token.clone()),
+                format!("dev-{i}"),
+            )
+            .service("ssh");
+            let gate = gate.clone();
+            joins.push(tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.expect("gate");
+                let l = Listener::bind(config).await.expect("register");
+                l.wait_connected(WAIT).await.expect("connected");
+                l
+            }));
+        }
+        for j in joins {
+            listeners.push(j.await.expect("join"));
+        }
+        let took = start.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rss = rss_kib(relay.pid());
+        println!(
+            "{n:>8} {rss:>9} KiB {:>11.1} KiB {:>12.2} s",
+            rss.saturating_sub(base) as f64 / n as f64,
+            took.as_secs_f64()
+        );
+    }
+    drop(listeners);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Relay and agent RSS per idle tunnelled connection: public-port TCP connections and
+/// private streams, each proven open by one echoed byte, then left idle.
+async fn idle_connections(servers: &Servers, n: usize) {
+    let opts = TunnelOptions {
+        max_streams: Some(n.max(128) + 64),
+        public_ports: (43000, 43999),
+    };
+    let tunnel = Tunnel::start(servers.sink, servers.echo, &opts).await;
+    let limits = tunnel_examples::limits_for(n.max(128) + 64);
+    let dialer = Arc::new(
+        Dialer::connect(tunnel.access_config().limits(limits))
+            .await
+            .expect("dialer"),
+    );
+    let cases = [
+        ("public port", Target::Tcp(tunnel.public_echo)),
+        (
+            "private",
+            Target::Private {
+                dialer: dialer.clone(),
+                device: "bench".into(),
+                service: "echo".into(),
+            },
+        ),
+    ];
+    for (name, target) in &cases {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (relay0, agent0) = (rss_kib(tunnel.relay.pid()), rss_kib(tunnel.agent.pid()));
+        let mut open: Vec<Box<dyn Duplex>> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut s = target.open().await.expect("open");
+            s.write_all(b"x").await.expect("write");
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.expect("echo");
+            open.push(s);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (relay1, agent1) = (rss_kib(tunnel.relay.pid()), rss_kib(tunnel.agent.pid()));
+        println!(
+            "{n} idle {name} connections: relay +{:.1} KiB each, agent +{:.1} KiB each",
+            relay1.saturating_sub(relay0) as f64 / n as f64,
+            agent1.saturating_sub(agent0) as f64 / n as f64,
+        );
+        drop(open);
+    }
+}
+
+/// CPU seconds the relay and the agent spend per GiB pushed through them.
+async fn cpu_per_gib(servers: &Servers, gib: u64) {
+    let tunnel = Tunnel::start(
+        servers.sink,
+        servers.echo,
+        &TunnelOptions {
+            max_streams: None,
+            public_ports: (43000, 43999),
+        },
+    )
+    .await;
+    let dialer = Arc::new(
+        Dialer::connect(tunnel.access_config())
+            .await
+            .expect("dialer"),
+    );
+    let cases = [
+        ("public port", Target::Tcp(tunnel.public_sink)),
+        (
+            "private",
+            Target::Private {
+                dialer: dialer.clone(),
+                device: "bench".into(),
+                service: "sink".into(),
+            },
+        ),
+    ];
+    for (name, target) in &cases {
+        let (r0, a0) = (cpu_secs(tunnel.relay.pid()), cpu_secs(tunnel.agent.pid()));
+        let t = transfer(target, 1, gib << 30).await.expect("transfer");
+        let (r1, a1) = (cpu_secs(tunnel.relay.pid()), cpu_secs(tunnel.agent.pid()));
+        println!(
+            "{gib} GiB {name}: {:.0} MiB/s; CPU per GiB: relay {:.2} s, agent {:.2} s",
+            (gib << 10) as f64 / t.as_secs_f64(),
+            (r1 - r0) / gib as f64,
+            (a1 - a0) / gib as f64,
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! tunnel-loadgen: the load generator behind `benches/compare.sh`. It runs the same
+//! workloads against any forwarder (ssh -R, bore, rathole, socat, the tunnel), given the
+//! addresses at which that forwarder exposes a sink and an echo server.
+//!
+//! ```text
+//! tunnel-loadgen servers                  # prints `sink ADDR` and `echo ADDR`, runs until killed
+//! tunnel-loadgen run --name ssh-R --sink 127.0.0.1:20001 --echo 127.0.0.1:20002 [--pid P]
+//! ```
+//! `run` prints one tab-separated line: name, single-stream MB/s, rtt p50 and p99 (µs),
+//! first-byte p50 (µs), aggregate echo MB/s over 100 and over 1000 connections with the
+//! slowest/median stream time ratio of each, and RSS KiB per idle connection of process `P`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnel_benches::procs::rss_kib;
+use tunnel_benches::servers::Servers;
+use tunnel_benches::workload::{Duplex, Target, aggregate_echo, first_byte, round_trips, transfer};
+use tunnel_benches::{median, percentile};
+
+#[derive(Parser)]
+#[command(about = "Load generator for benches/compare.sh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a sink (counts bytes, replies with the count) and an echo server.
+    Servers,
+    /// Run every workload against one forwarder.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Label of this row.
+    #[arg(long)]
+    name: String,
+    /// Address forwarding to the sink.
+    #[arg(long)]
+    sink: SocketAddr,
+    /// Address forwarding to the echo server.
+    #[arg(long)]
+    echo: SocketAddr,
+    /// Bytes of the single-stream transfer.
+    #[arg(long, default_value_t = 1 << 30)]
+    bytes: u64,
+    /// Runs of each workload (the median is printed).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Round trips for the latency percentiles.
+    #[arg(long, default_value_t = 2000)]
+    round_trips: usize,
+    /// Process whose RSS is read with idle connections open (the forwarder's server side).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Idle connections for the memory reading.
+    #[arg(long, default_value_t = 1000)]
+    idle: usize,
+    /// Skip the 1000-connection aggregate (for forwarders that cannot take it).
+    #[arg(long)]
+    no_1000: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Cmd::Servers => {
+            let servers = Servers::start(2);
+            println!("sink {}", servers.sink);
+            println!("echo {}", servers.echo);
+            tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
+        Cmd::Run(args) => run(args).await,
+    }
+}
+
+const MB: f64 = 1e6;
+
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let sink = Target::Tcp(a.sink);
+    let echo = Target::Tcp(a.echo);
+    // Warm up (ssh and others set up forwarding lazily).
+    transfer(&sink, 1, 1 << 20).await?;
+
+    let mut rates = Vec::new();
+    for _ in 0..a.runs {
+        let t = transfer(&sink, 1, a.bytes).await?;
+        rates.push(a.bytes as f64 / MB / t.as_secs_f64());
+    }
+    let throughput = median(&mut rates);
+
+    let mut s = echo.open().await?;
+    round_trips(&mut s, 200, 64).await?;
+    let mut rtt = round_trips(&mut s, a.round_trips, 64).await?;
+    drop(s);
+    let mut first = Vec::new();
+    for _ in 0..a.round_trips / 4 {
+        first.push(first_byte(&echo).await?);
+    }
+
+    let agg = |conns: usize, bytes: u64| {
+        let echo = echo.clone();
+        async move {
+            let mut rates = Vec::new();
+            let mut spreads = Vec::new();
+            for _ in 0..a.runs {
+                let r = aggregate_echo(&echo, conns, bytes).await?;
+                rates.push(r.rate(bytes) / MB);
+                spreads.push(r.spread());
+            }
+            anyhow::Ok((median(&mut rates), median(&mut spreads)))
+        }
+    };
+    let (agg100, spread100) = agg(100, 4 << 20).await?;
+    let (agg1000, spread1000) = if a.no_1000 {
+        (f64::NAN, f64::NAN)
+    } else {
+        agg(1000, 512 << 10).await?
+    };
+
+    let idle = match a.pid {
+        Some(pid) => idle_rss(&echo, pid, a.idle).await?,
+        None => f64::NAN,
+    };
+    println!(
+        "{}\t{throughput:.0}\t{:.0}\t{:.0}\t{:.0}\t{agg100:.0}\t{spread100:.2}\t{agg1000:.0}\t{spread1000:.2}\t{idle:.1}",
+        a.name,
+        us(percentile(&mut rtt, 50.0)),
+        us(percentile(&mut rtt, 99.0)),
+        us(percentile(&mut first, 50.0)),
+    );
+    Ok(())
+}
+
+/// RSS growth of `pid` per idle connection (each proven open by one echoed byte).
+async fn idle_rss(echo: &Target, pid: u32, n: usize) -> anyhow::Result<f64> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib(pid);
+    let mut open: Vec<Box<dyn Duplex>> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = echo.open().await?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        open.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid);
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
