@@ -22,6 +22,26 @@ RUSTDOCFLAGS="-D warnings" cargo doc --quiet -p tunnel-core --no-deps
 echo "== benches compile"
 cargo bench --workspace --no-run --quiet
 
+echo "== network faults in namespaces (real NAT, ssh, curl; skipped without root/netns)"
+# Idempotent and quiet: installs only the tools that are missing, where apt-get exists.
+export PATH="$PATH:/usr/sbin:/sbin"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for need in nft:nftables conntrack:conntrack sshd:openssh-server ssh:openssh-client \
+              curl:curl ip:iproute2 tc:iproute2 xxd:xxd; do
+    command -v "${need%%:*}" >/dev/null || missing+=("${need##*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}"; } >/dev/null 2>&1 \
+      || echo "could not install ${missing[*]}; the namespace suite may skip"
+  fi
+fi
+tests/netns/run.sh target/debug
+
+echo "== fuzz targets (stable toolchain, 10 s each)"
+fuzz/run.sh 10
+
 if [ -f python/pyproject.toml ] && [ -d python/tests ]; then
   echo "== python tests"
   python3 -m venv .venv

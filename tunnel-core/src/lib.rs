@@ -92,6 +92,9 @@ mod config;
 mod dialer;
 mod error;
 mod forward;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod hex;
 mod listener;
 mod mux;

@@ -176,6 +176,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
     }
 }
 
+/// Feeds `data` to a fresh meter in uneven chunks; it must never panic.
+#[cfg(feature = "fuzzing")]
+pub(super) fn fuzz(data: &[u8]) {
+    let mut m = Meter::new();
+    let split = usize::from(data.first().copied().unwrap_or(1)).max(1);
+    for chunk in data.chunks(split) {
+        if m.inspect(chunk).is_err() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

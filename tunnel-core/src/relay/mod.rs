@@ -554,6 +554,34 @@ impl Hello {
     }
 }
 
+/// Decodes-and-validates path of a hello, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn validate_hello(msg: Message) -> Result<(), String> {
+    let Message::Hello {
+        role,
+        device,
+        services,
+        public,
+        ..
+    } = msg
+    else {
+        return Err("not a hello".into());
+    };
+    Hello {
+        role,
+        device,
+        services,
+        public,
+    }
+    .validate()
+}
+
+/// Runs the per-session meter over bytes a peer sent, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn meter_bytes(data: &[u8]) {
+    meter::fuzz(data);
+}
+
 /// The key of the per-source handshake cap: the address for IPv4, the /64 prefix for
 /// IPv6 (one subscriber usually holds a whole /64 and could spread over it).
 fn source_key(ip: IpAddr) -> IpAddr {

@@ -1,0 +1,70 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`). Not a stable API: each
+//! function runs one decoder on arbitrary bytes exactly as the relay or a client would, and
+//! must never panic or allocate past the frame limit it checks.
+
+use crate::auth::{Grants, Pattern};
+use crate::protocol::{MAX_FRAME_LEN, MAX_HEADER_LEN, MAX_HELLO_LEN, Message};
+
+/// Reads one frame the way `read_frame` does (length prefix checked against `max` before
+/// anything is allocated), then decodes it; a decoded message must re-encode and decode to
+/// the same message.
+fn frame(data: &[u8], max: usize) -> Option<Message> {
+    let (len, body) = data.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if len > max || body.len() < len {
+        return None;
+    }
+    let msg = Message::decode(&body[..len]).ok()?;
+    let again = msg.encode().expect("a decoded message encodes");
+    assert_eq!(Message::decode(&again[2..]).expect("re-decodes"), msg);
+    Some(msg)
+}
+
+/// The relay's first read: the hello frame (4 KiB cap), then the relay's validation of it.
+pub fn handshake(data: &[u8]) {
+    if let Some(msg) = frame(data, MAX_HELLO_LEN) {
+        let _ = crate::relay::validate_hello(msg);
+    }
+}
+
+/// A per-stream header or answer (1 KiB cap), and the device list (64 KiB cap).
+pub fn header(data: &[u8]) {
+    let _ = frame(data, MAX_HEADER_LEN);
+    let _ = frame(data, MAX_FRAME_LEN);
+}
+
+/// Grant patterns: the first line is a list of `device/service` grants separated by `,`,
+/// each following line a `device/service` request; matching must agree with a naive check.
+pub fn grants(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines = text.lines();
+    let mut grants = Grants::new();
+    let mut pairs = Vec::new();
+    for grant in lines.next().unwrap_or("").split(',') {
+        let Some((d, s)) = grant.split_once('/') else {
+            continue;
+        };
+        if let (Ok(dp), Ok(sp)) = (Pattern::new(d), Pattern::new(s)) {
+            grants = grants.access(dp, sp);
+            pairs.push((d, s));
+        }
+    }
+    let naive = |p: &str, n: &str| match p.strip_suffix('*') {
+        Some(prefix) => n.starts_with(prefix),
+        None => p == n,
+    };
+    for request in lines {
+        let (device, service) = request.split_once('/').unwrap_or((request, ""));
+        let expected = pairs
+            .iter()
+            .any(|(d, s)| naive(d, device) && naive(s, service));
+        assert_eq!(grants.may_access(device, service), expected);
+    }
+}
+
+/// The relay's per-session meter over the yamux bytes a peer sends.
+pub fn yamux_meter(data: &[u8]) {
+    crate::relay::meter_bytes(data);
+}
