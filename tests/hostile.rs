@@ -107,7 +107,7 @@ impl RelayProc {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("relay.log")).expect("relay log"))
             .spawn()
             .expect("spawn tunnel-relay");
         let stdout = child.stdout.take().expect("stdout");
@@ -165,6 +165,20 @@ impl RelayProc {
     /// Resets the peak (VmHWM) to the current RSS, so the next reading is this attack's peak.
     fn reset_peak(&self) {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+    }
+
+    /// Waits until the relay's log (warnings and errors) contains `text`.
+    async fn expect_log(&self, text: &str) {
+        let path = self.dir.join("relay.log");
+        let found = async {
+            loop {
+                if std::fs::read_to_string(&path).is_ok_and(|l| l.contains(text)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        within(&format!("relay logs {text:?}"), WAIT, found).await;
     }
 
     fn assert_alive(&mut self) {
@@ -782,6 +796,7 @@ async fn stream_open_flood_closes_only_the_abusive_session() {
         200_000,
     )
     .await;
+    relay.expect_log("opens streams too fast").await;
     let stream = within("bystander dials", WAIT, bystander.dial("dev", "echo"))
         .await
         .expect("dial");
@@ -814,6 +829,7 @@ async fn open_and_reset_loop_closes_only_the_abusive_session() {
         200_000,
     )
     .await;
+    relay.expect_log("opens streams too fast").await;
     assert_serves(&relay).await;
     println!(
         "MEASURE open/reset loop: session closed after {sent} open+reset pairs in {took:?}; others unaffected"
@@ -833,6 +849,7 @@ async fn empty_frame_flood_closes_only_the_abusive_session() {
         let (sent, took) =
             flood_until_closed(&mut tls, |_| yamux(kind, 0, 1, &[], Some(0)), 2_000_000).await;
         println!("MEASURE {what} flood: session closed after {sent} frames in {took:?}");
+        relay.expect_log("floods empty frames").await;
         assert!(sent < 2_000_000);
     }
     assert_serves(&relay).await;
