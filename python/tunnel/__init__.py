@@ -24,6 +24,9 @@ the "spawn" or "forkserver" start methods.
 
 from __future__ import annotations
 
+import atexit
+
+from . import _native
 from ._aio import (
     Client,
     Connection,
@@ -54,6 +57,10 @@ from ._native import (
 )
 from ._relay import Credential, Relay, generate_token
 from ._streams import TunnelReader, TunnelWriter
+
+# Results of Rust futures reach asyncio from background threads; at exit, stop that
+# before the interpreter finalizes (a thread taking the GIL then would abort the process).
+atexit.register(_native.at_exit)
 
 __all__ = [
     # asyncio

@@ -47,7 +47,11 @@ class Relay:
             print(relay.address, relay.pin)
 
     Without ``cert_file``/``key_file`` it generates a self-signed certificate, and clients
-    trust it by its :attr:`pin`.
+    trust it by its :attr:`pin`; with ``state_dir`` the certificate is kept there (as
+    ``tunnel-relay`` does), so the pin survives restarts. ``grace`` is how long running
+    streams may go on after shutdown begins; ``heartbeat`` the ping interval it asks of
+    clients (seconds); ``public_ports`` an inclusive ``(low, high)`` range it may bind for
+    devices whose credential allows public ports.
     """
 
     def __init__(
@@ -59,6 +63,7 @@ class Relay:
         cert_file: PathLike | None = None,
         key_file: PathLike | None = None,
         cert_names: Iterable[str] = ("localhost",),
+        state_dir: PathLike | None = None,
         grace: float = 10.0,
         heartbeat: float | None = None,
         public_ports: tuple[int, int] | None = None,
@@ -73,6 +78,7 @@ class Relay:
             cert_file=os.fspath(cert_file) if cert_file is not None else None,
             key_file=os.fspath(key_file) if key_file is not None else None,
             cert_names=list(cert_names),
+            state_dir=os.fspath(state_dir) if state_dir is not None else None,
             grace=grace,
             heartbeat=heartbeat,
             public_ports=public_ports,

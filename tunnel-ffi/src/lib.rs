@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use pyo3::prelude::*;
 
+pub(crate) use bridge::awaitable;
+
+mod bridge;
 mod config;
 mod dialer;
 mod errors;
@@ -34,22 +37,11 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// Runs `fut` to completion, turning a panic into `tunnel.InternalError`.
-async fn guarded<T>(fut: impl Future<Output = PyResult<T>>) -> PyResult<T> {
+pub(crate) async fn guarded<T>(fut: impl Future<Output = PyResult<T>>) -> PyResult<T> {
     AssertUnwindSafe(fut)
         .catch_unwind()
         .await
         .unwrap_or_else(|panic| Err(errors::from_panic(&*panic)))
-}
-
-/// Wraps `fut` as an asyncio awaitable. Cancelling the asyncio future drops `fut`.
-pub(crate) fn awaitable<'py, T>(
-    py: Python<'py>,
-    fut: impl Future<Output = PyResult<T>> + Send + 'static,
-) -> PyResult<Bound<'py, PyAny>>
-where
-    T: for<'a> IntoPyObject<'a> + Send + 'static,
-{
-    pyo3_async_runtimes::tokio::future_into_py(py, guarded(fut))
 }
 
 /// Blocks the calling thread on `fut` with the GIL released. Wakes every [`SIGNAL_POLL`]
@@ -75,7 +67,9 @@ pub(crate) fn block_on<T: Send>(
         let slice = deadline.map_or(SIGNAL_POLL, |d| {
             SIGNAL_POLL.min(d.saturating_duration_since(Instant::now()))
         });
-        let step = py.detach(|| rt.block_on(tokio::time::timeout(slice, fut.as_mut())));
+        // The timer must be created inside the runtime, hence the async block.
+        let step =
+            py.detach(|| rt.block_on(async { tokio::time::timeout(slice, fut.as_mut()).await }));
         if let Ok(result) = step {
             return result;
         }
@@ -112,12 +106,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     builder
         .enable_all()
         .thread_name("tunnel-rt")
-        // pyo3-async-runtimes hands each result to Python on a blocking-pool thread;
-        // idle ones exit after this, so a quiet process returns to its worker threads.
+        // Results reach Python from blocking-pool threads (see `bridge`); idle ones exit
+        // after this, so a quiet process returns to its worker threads.
         .thread_keep_alive(Duration::from_secs(2));
     pyo3_async_runtimes::tokio::init(builder);
     m.add_function(wrap_pyfunction!(generate_token, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    m.add_function(wrap_pyfunction!(bridge::at_exit, m)?)?;
     config::register(m)?;
     dialer::register(m)?;
     errors::register(m)?;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
-use tunnel_core::{Grants, Identity, Pattern, TlsIdentity, Token, TokenAuthenticator, TokenFile};
+use tunnel_core::{
+    ConfigError, Grants, Identity, Pattern, TlsIdentity, Token, TokenAuthenticator, TokenFile,
+};
 
 use crate::{awaitable, block_on, errors, runtime};
 
@@ -63,6 +65,26 @@ fn authenticator(
     Ok(auth)
 }
 
+/// A self-signed identity: loaded from `state_dir` if it holds one, else generated (and
+/// saved there, as `tunnel-relay` does, so the files are interchangeable).
+fn self_signed(names: &[String], state_dir: Option<PathBuf>) -> Result<TlsIdentity, ConfigError> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let Some(dir) = state_dir else {
+        return TlsIdentity::generate_self_signed(&names);
+    };
+    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+    if cert.exists() && key.exists() {
+        return TlsIdentity::from_pem_files(&cert, &key);
+    }
+    std::fs::create_dir_all(&dir).map_err(|source| ConfigError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let identity = TlsIdentity::generate_self_signed(&names)?;
+    identity.save_pem_files(&cert, &key)?;
+    Ok(identity)
+}
+
 fn secs(what: &str, s: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(s)
         .map_err(|_| errors::config_msg(format!("{what} must be >= 0 seconds")))
@@ -71,11 +93,12 @@ fn secs(what: &str, s: f64) -> PyResult<Duration> {
 #[pymethods]
 impl Relay {
     /// Binds `listen` and serves at once. The TLS identity is `cert_file`/`key_file`, or a
-    /// self-signed certificate generated for `cert_names` (clients then trust its `pin`).
+    /// self-signed certificate generated for `cert_names` (clients then trust its `pin`),
+    /// kept in `state_dir` when given so that the pin survives restarts.
     #[new]
     #[pyo3(signature = (
         credentials, *, listen="127.0.0.1:0", token_file=None, cert_file=None, key_file=None,
-        cert_names=vec!["localhost".to_owned()], grace=10.0, heartbeat=None, public_ports=None
+        cert_names=vec!["localhost".to_owned()], state_dir=None, grace=10.0, heartbeat=None, public_ports=None
     ))]
     #[allow(clippy::too_many_arguments)] // reason: mirrors Python keyword arguments
     fn new(
@@ -85,16 +108,14 @@ impl Relay {
         cert_file: Option<PathBuf>,
         key_file: Option<PathBuf>,
         cert_names: Vec<String>,
+        state_dir: Option<PathBuf>,
         grace: f64,
         heartbeat: Option<f64>,
         public_ports: Option<(u16, u16)>,
     ) -> PyResult<Self> {
         let identity = match (cert_file, key_file) {
             (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key),
-            (None, None) => {
-                let names: Vec<&str> = cert_names.iter().map(String::as_str).collect();
-                TlsIdentity::generate_self_signed(&names)
-            }
+            (None, None) => self_signed(&cert_names, state_dir),
             _ => return Err(errors::config_msg("give both cert_file= and key_file=")),
         }
         .map_err(errors::config)?;

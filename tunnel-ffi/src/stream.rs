@@ -42,6 +42,11 @@ struct Shared {
     /// The write error that stopped the writer, reported by the next write or drain.
     error: Mutex<Option<(io::ErrorKind, String)>>,
     writer_done: CancellationToken,
+    /// Set by `abort()` before the queue ends, so the writer does not half-close first.
+    aborted: std::sync::atomic::AtomicBool,
+    /// The access client's session, released only after the stream itself, so that the
+    /// stream's last frame (FIN or reset) goes out before the session closes.
+    session: Mutex<Option<tunnel_core::Dialer>>,
 }
 
 /// One tunnelled, ordered, reliable byte stream (see the module docs for the write model).
@@ -67,13 +72,12 @@ impl Stream {
             progress: Notify::new(),
             error: Mutex::new(None),
             writer_done: CancellationToken::new(),
+            aborted: std::sync::atomic::AtomicBool::new(false),
+            session: Mutex::new(session),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let shared_for_task = shared.clone();
-        let task = crate::runtime().spawn(async move {
-            writer(write, rx, shared_for_task).await;
-            drop(session);
-        });
+        let task = crate::runtime().spawn(writer(write, rx, shared_for_task));
         Self {
             shared,
             tx: Mutex::new(Some(tx)),
@@ -157,9 +161,16 @@ impl Shared {
         }
     }
 
-    /// Releases the read half (the write half is the writer task's).
-    async fn release_reader(&self) {
+    /// Releases the read half (the write half is the writer task's), then the session.
+    async fn release(&self) {
         self.reader.lock().await.take();
+        let session = self
+            .session
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(session);
+        self.finished.cancel();
     }
 }
 
@@ -195,7 +206,7 @@ async fn writer(
             break;
         }
     }
-    if !failed && !eof_sent {
+    if !failed && !eof_sent && !shared.aborted.load(Ordering::SeqCst) {
         let _ = half.shutdown().await;
     }
     shared.writer_done.cancel();
@@ -204,8 +215,7 @@ async fn writer(
     // stream keeps its read half until then.
     shared.closing.cancelled().await;
     drop(half);
-    shared.release_reader().await;
-    shared.finished.cancel();
+    shared.release().await;
 }
 
 #[pymethods]
@@ -278,8 +288,7 @@ impl Stream {
                 task.abort();
                 let _ = task.await;
             }
-            shared.release_reader().await;
-            shared.finished.cancel();
+            shared.release().await;
         });
     }
 
