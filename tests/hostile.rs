@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, SpkiPin, Token};
+use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, ListenerState, SpkiPin, Token};
 
 use support::{TestDevice, echo_exchange, spawn_echo_server, start_device, within};
 
@@ -961,5 +961,42 @@ async fn a_device_cannot_open_streams_to_the_relay_or_another_device() {
     assert_serves(&relay).await;
     println!(
         "MEASURE device opens: open, list and incoming from a device session all answered bad request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_agents_sharing_a_credential_settle_instead_of_flapping() {
+    let relay = RelayProc::start("flap").await;
+    let echo = spawn_echo_server().await;
+    let a = start_device(relay.client(&relay.device_token), "dev", &[("echo", echo)]).await;
+    let b = start_device(relay.client(&relay.device_token), "dev", &[("echo", echo)]).await;
+    let started = Instant::now();
+    relay.expect_log("device id flapping").await;
+    let settled = started.elapsed();
+    // From now on the holder keeps the ID: sample both for 5 s.
+    let connected = |d: &TestDevice| matches!(d.listener.state(), ListenerState::Connected { .. });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let holder_is_a = connected(&a);
+    let (holder, other) = if holder_is_a { (&a, &b) } else { (&b, &a) };
+    for _ in 0..50 {
+        assert!(
+            connected(holder),
+            "the holder lost the device id after settling"
+        );
+        assert!(
+            !connected(other),
+            "the second agent took the device id after settling"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match other.listener.state() {
+        ListenerState::Reconnecting { last_error } => {
+            assert!(last_error.contains("replaced too often"), "{last_error}")
+        }
+        s => panic!("second agent: {s:?}"),
+    }
+    assert_serves(&relay).await;
+    println!(
+        "MEASURE flapping: two live agents with one credential settled after {settled:?}; the holder kept the id for the next 5 s"
     );
 }

@@ -326,6 +326,10 @@ measure "rst: device saw the reset after $(secs "${TDD:-0}" "$T0") s and re-regi
 
 # ---------------------------------------------------------------------------- 5. loss + rate
 echo "== 5. 1% loss each way + 100 Mbit/s tbf: 64 MiB through the tunnel"
+# One TCP segment per packet from both ends (no TSO/GSO super-packets), so that 1% of the
+# packets really is 1% of the segments.
+ip -n "$DEV" link set eth0 gso_max_segs 1
+ip -n "$PUB" link set br0 gso_max_segs 1
 inns "$NAT" nft insert rule inet fw forward iifname wan0 numgen random mod 100 \< 1 counter drop comment \"loss\"
 inns "$NAT" nft insert rule inet fw forward oifname wan0 numgen random mod 100 \< 1 counter drop comment \"loss\"
 inns "$NAT" tc qdisc add dev wan0 root tbf rate 100mbit burst 64kb latency 50ms

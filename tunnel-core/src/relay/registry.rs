@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::lock;
 use crate::mux::Session;
@@ -12,6 +15,17 @@ use crate::mux::Session;
 /// Offline devices remembered for `--list`; beyond this, the oldest are forgotten, so a
 /// credential with a wildcard grant cannot grow the relay's memory without bound.
 const MAX_REMEMBERED_OFFLINE: usize = 10_000;
+
+/// Replacements of a *live* session by the same identity allowed per device ID within
+/// [`FLAP_WINDOW`]: a NAT rebinding replaces a zombie now and then, but two live agents
+/// sharing one credential and device ID would evict each other forever. Past this, the
+/// live holder keeps the ID and newcomers are refused as `device id taken` (they retry
+/// with backoff, and get in once the holder's session has ended).
+const MAX_LIVE_REPLACEMENTS: u32 = 3;
+/// Window over which live replacements are counted.
+const FLAP_WINDOW: Duration = Duration::from_secs(60);
+/// Device IDs whose replacements are tracked at once; past this, stale entries are dropped.
+const MAX_FLAP_ENTRIES: usize = 10_000;
 
 /// A registered device session.
 pub(super) struct Online {
@@ -41,6 +55,9 @@ pub(super) enum Claim {
     Granted(Option<Online>),
     /// Held right now by another identity.
     Taken,
+    /// Held by a live session of the same identity that has been replaced too often
+    /// lately: two agents share a credential and a device ID.
+    Flapping,
 }
 
 /// Offline devices: device → services, and insertion order to forget the oldest first.
@@ -55,6 +72,8 @@ pub(super) struct Registry {
     /// Device → services, for devices seen since start that are offline now; with insertion
     /// order to forget the oldest first.
     offline: Mutex<Offline>,
+    /// Device → (start of the counting window, live replacements in it).
+    flaps: Mutex<HashMap<String, (Instant, u32)>>,
     next_generation: AtomicU64,
 }
 
@@ -68,9 +87,28 @@ impl Registry {
         let mut online = lock(&self.online);
         match online.get(device) {
             Some(held) if held.identity != identity && !held.session.is_closed() => Claim::Taken,
+            Some(held) if !held.session.is_closed() && self.flapping(device) => Claim::Flapping,
             Some(_) => Claim::Granted(online.remove(device)),
             None => Claim::Granted(None),
         }
+    }
+
+    /// Counts one live replacement of `device`; true when it is one too many.
+    fn flapping(&self, device: &str) -> bool {
+        let now = Instant::now();
+        let mut flaps = lock(&self.flaps);
+        if flaps.len() >= MAX_FLAP_ENTRIES && !flaps.contains_key(device) {
+            flaps.retain(|_, (start, _)| now.duration_since(*start) < FLAP_WINDOW);
+        }
+        let entry = flaps.entry(device.to_owned()).or_insert((now, 0));
+        if now.duration_since(entry.0) >= FLAP_WINDOW {
+            *entry = (now, 0);
+        }
+        if entry.1 >= MAX_LIVE_REPLACEMENTS {
+            return true;
+        }
+        entry.1 += 1;
+        false
     }
 
     /// Registers a session; returns a session that raced in meanwhile, to be evicted.

@@ -54,6 +54,18 @@ async fn run_device(relay: Arc<Inner>, mut tls: Tls, hello: Hello, identity: Ide
             let msg = format!("device id {device} is in use by another credential");
             return refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
         }
+        Claim::Flapping => {
+            warn!(
+                identity = identity.name(),
+                device,
+                "device id flapping between live sessions of one credential; keeping the holder"
+            );
+            let msg = format!(
+                "device id {device} is held by a live session of this credential that was \
+                 replaced too often; use one credential per device"
+            );
+            return refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
+        }
         Claim::Granted(Some(old)) => {
             info!(device, "replacing the previous session of this device");
             old.evict().await;
