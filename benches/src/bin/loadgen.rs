@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_benches::procs::rss_kib;
@@ -66,17 +67,22 @@ struct RunArgs {
     no_1000: bool,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Servers => {
+            // The servers run on their own runtime; this thread only waits to be killed.
             let servers = Servers::start(2);
             println!("sink {}", servers.sink);
             println!("echo {}", servers.echo);
-            tokio::signal::ctrl_c().await?;
-            Ok(())
+            loop {
+                std::thread::park();
+            }
         }
-        Cmd::Run(args) => run(args).await,
+        Cmd::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+            .block_on(run(args)),
     }
 }
 
@@ -86,22 +92,28 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let sink = Target::Tcp(a.sink);
     let echo = Target::Tcp(a.echo);
     // Warm up (ssh and others set up forwarding lazily).
-    transfer(&sink, 1, 1 << 20).await?;
+    transfer(&sink, 1, 1 << 20)
+        .await
+        .context("warm-up transfer")?;
 
     let mut rates = Vec::new();
     for _ in 0..a.runs {
-        let t = transfer(&sink, 1, a.bytes).await?;
+        let t = transfer(&sink, 1, a.bytes).await.context("transfer")?;
         rates.push(a.bytes as f64 / MB / t.as_secs_f64());
     }
     let throughput = median(&mut rates);
 
-    let mut s = echo.open().await?;
-    round_trips(&mut s, 200, 64).await?;
-    let mut rtt = round_trips(&mut s, a.round_trips, 64).await?;
+    let mut s = echo.open().await.context("open echo")?;
+    round_trips(&mut s, 200, 64)
+        .await
+        .context("warm-up round trips")?;
+    let mut rtt = round_trips(&mut s, a.round_trips, 64)
+        .await
+        .context("round trips")?;
     drop(s);
     let mut first = Vec::new();
     for _ in 0..a.round_trips / 4 {
-        first.push(first_byte(&echo).await?);
+        first.push(first_byte(&echo).await.context("first byte")?);
     }
 
     let agg = |conns: usize, bytes: u64| {
@@ -110,7 +122,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
             let mut rates = Vec::new();
             let mut spreads = Vec::new();
             for _ in 0..a.runs {
-                let r = aggregate_echo(&echo, conns, bytes).await?;
+                let r = aggregate_echo(&echo, conns, bytes)
+                    .await
+                    .with_context(|| format!("aggregate echo over {conns} connections"))?;
                 rates.push(r.rate(bytes) / MB);
                 spreads.push(r.spread());
             }
@@ -125,7 +139,9 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
 
     let idle = match a.pid {
-        Some(pid) => idle_rss(&echo, pid, a.idle).await?,
+        Some(pid) => idle_rss(&echo, pid, a.idle)
+            .await
+            .context("idle connections")?,
         None => f64::NAN,
     };
     println!(
