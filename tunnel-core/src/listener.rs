@@ -15,8 +15,12 @@ use crate::protocol::{
 };
 use crate::stream::Stream;
 
-/// Incoming streams waiting for [`Listener::accept`]; beyond this, callers get `unavailable`.
+/// Incoming streams queued for [`Listener::accept`]. A burst beyond this waits (each
+/// waiter holds one of the session's bounded stream slots) up to [`ACCEPT_WAIT`].
 const ACCEPT_QUEUE: usize = 64;
+/// How long an incoming stream waits for room in the accept queue before its caller gets
+/// `unavailable`: long enough for a burst of connections, short of the relay's 15 s.
+const ACCEPT_WAIT: Duration = Duration::from_secs(5);
 /// First reconnect delay; doubled after each failed attempt up to [`BACKOFF_MAX`].
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest reconnect delay: a relay back from a restart sees its devices within this time.
@@ -429,7 +433,9 @@ async fn read_incoming(mut stream: Stream, services: Vec<String>, queue: mpsc::S
         peer,
         stream,
     };
-    if let Err(mpsc::error::TrySendError::Full(mut refused)) = queue.try_send(incoming) {
+    if let Err(mpsc::error::SendTimeoutError::Timeout(mut refused)) =
+        queue.send_timeout(incoming, ACCEPT_WAIT).await
+    {
         let _ = answer(
             &mut refused.stream,
             StatusCode::Unavailable,
