@@ -46,7 +46,9 @@ if [ -f python/pyproject.toml ] && [ -d python/tests ]; then
   echo "== python tests"
   python3 -m venv .venv
   . .venv/bin/activate
-  pip install --quiet "maturin>=1.9.4,<2" pytest
+  pip install --quiet "maturin>=1.9.4,<2" pytest pytest-timeout
+  # Builds the tunnel-ffi extension (abi3) into .venv; the tests also drive the example
+  # binaries built above (target/debug).
   (cd python && maturin develop --quiet --release)
   pytest -q python/tests
 fi

@@ -13,6 +13,10 @@ from . import _native
 from ._config import DeviceInfo, PathLike, State, client_config, device_infos, state
 
 
+#: How long ``Agent.run`` waits for a clean disconnect after Ctrl-C before re-raising.
+_STOP_WAIT = 5.0
+
+
 class Agent:
     """A device agent for plain scripts: registers ``device`` with the relay and forwards
     each named service to its local address, reconnecting by itself until stopped.
@@ -77,7 +81,9 @@ class Agent:
         try:
             self._native.wait_stopped_blocking(None)
         except BaseException:
+            # Ctrl-C (or another error): disconnect before letting it propagate.
             self.stop()
+            self._native.wait_stopped_blocking(_STOP_WAIT)
             raise
 
     def stop(self) -> None:
