@@ -134,11 +134,12 @@ impl Shared {
         let Some(half) = reader.as_mut() else {
             return Ok(Vec::new());
         };
-        let mut buf = vec![0u8; max.clamp(1, MAX_READ)];
+        // Uninitialised capacity (read_buf): zeroing `max` bytes per read would cost more
+        // than the read when the tunnel hands over one frame at a time.
+        let mut buf = Vec::with_capacity(max.clamp(1, MAX_READ));
         tokio::select! {
-            n = half.read(&mut buf) => {
-                let n = n.map_err(errors::io)?;
-                buf.truncate(n);
+            n = half.read_buf(&mut buf) => {
+                n.map_err(errors::io)?;
                 Ok(buf)
             }
             () = self.closing.cancelled() => Ok(Vec::new()),
