@@ -176,7 +176,12 @@ def test_list_devices_shows_what_a_credential_may_reach(env: Env) -> None:
             assert devices == [tunnel.DeviceInfo("pi-42", True, ("ssh", "web"))]
             bob = await tunnel.list_devices(**env.creds(env.bob))
             assert bob == [tunnel.DeviceInfo("pi-42", True, ("web",))]
-        offline = await tunnel.list_devices(**env.creds(env.alice))
+        # The relay notices the closed session a moment later: poll, bounded.
+        for _ in range(500):
+            offline = await tunnel.list_devices(**env.creds(env.alice))
+            if not offline[0].online:
+                break
+            await asyncio.sleep(0.01)
         assert offline[0].device == "pi-42" and not offline[0].online
 
     run(main())
