@@ -11,6 +11,8 @@ flags="$flags -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-
 flags="$flags -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
 # An explicit --target keeps the instrumentation off build scripts (as cargo-fuzz does).
 host=$(rustc -vV | sed -n 's/^host: //p')
+# Its own target dir (the fuzz crate is its own workspace), whatever the caller exports.
+export CARGO_TARGET_DIR=$PWD/target
 RUSTFLAGS="$flags" cargo build --quiet --release --bins --target "$host"
 seed() { mkdir -p "corpus/$1"; printf '%s' "$2" | xxd -r -p >"corpus/$1/$3"; }
 # Seeds: protocol test vectors from PROTOCOL.md (hello, open, status, device list).
