@@ -159,7 +159,8 @@ pub async fn aggregate_echo(
     // Open everything first: the measurement is the data phase, all streams at once.
     let mut streams = Vec::with_capacity(conns);
     for _ in 0..conns {
-        streams.push(target.open().await?);
+        let open = tokio::time::timeout(WAIT, target.open()).await;
+        streams.push(open.map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??);
     }
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(conns);
@@ -193,11 +194,13 @@ pub async fn aggregate_echo(
             Ok::<_, io::Error>(start.elapsed())
         }));
     }
+    // One deadline for all: a forwarder that stalls fails the run instead of hanging it.
+    let deadline = tokio::time::Instant::now() + WAIT;
     let mut per_stream = Vec::with_capacity(conns);
     for t in tasks {
-        let d = tokio::time::timeout(WAIT, t)
+        let d = tokio::time::timeout_at(deadline, t)
             .await
-            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+            .map_err(|_| io::Error::other(format!("not all {conns} streams done in {WAIT:?}")))?
             .map_err(io::Error::other)??;
         per_stream.push(d);
     }
