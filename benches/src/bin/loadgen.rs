@@ -95,6 +95,14 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     transfer(&sink, 1, 1 << 20)
         .await
         .context("warm-up transfer")?;
+    // Memory first, while the forwarder has not yet grown (and kept) buffers for the bulk
+    // and many-connection runs.
+    let idle = match a.pid {
+        Some(pid) => idle_rss(&echo, pid, a.idle)
+            .await
+            .context("idle connections")?,
+        None => f64::NAN,
+    };
 
     let mut rates = Vec::new();
     for _ in 0..a.runs {
@@ -138,12 +146,6 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         agg(1000, 512 << 10).await?
     };
 
-    let idle = match a.pid {
-        Some(pid) => idle_rss(&echo, pid, a.idle)
-            .await
-            .context("idle connections")?,
-        None => f64::NAN,
-    };
     println!(
         "{}\t{throughput:.0}\t{:.0}\t{:.0}\t{:.0}\t{agg100:.0}\t{spread100:.2}\t{agg1000:.0}\t{spread1000:.2}\t{idle:.1}",
         a.name,
