@@ -29,8 +29,7 @@ use tunnel_core::{
 /// Registrations in flight at once: under the relay's per-source handshake cap (32).
 const CONCURRENT_REGISTRATIONS: usize = 16;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return; // `cargo bench -- --list`: nothing to list
     }
@@ -39,10 +38,16 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    devices(&steps).await;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(devices(&steps));
+    // The servers run on a runtime of their own, started outside this one.
     let servers = Servers::start(1);
-    idle_connections(&servers, env_or("BENCH_IDLE", 1000)).await;
-    cpu_per_gib(&servers, env_or("BENCH_GIB", 1)).await;
+    rt.block_on(idle_connections(&servers, env_or("BENCH_IDLE", 1000)));
+    rt.block_on(cpu_per_gib(&servers, env_or("BENCH_GIB", 1)));
 }
 
 /// Relay RSS as idle devices join, in steps.
@@ -119,11 +124,11 @@ async fn devices(steps: &[usize]) {
 /// private streams, each proven open by one echoed byte, then left idle.
 async fn idle_connections(servers: &Servers, n: usize) {
     let opts = TunnelOptions {
-        max_streams: Some(n.max(128) + 64),
+        max_streams: Some(n.max(128) * 5 / 4 + 64),
         public_ports: (43000, 43999),
     };
     let tunnel = Tunnel::start(servers.sink, servers.echo, &opts).await;
-    let limits = tunnel_examples::limits_for(n.max(128) + 64);
+    let limits = tunnel_examples::limits_for(n.max(128) * 5 / 4 + 64);
     let dialer = Arc::new(
         Dialer::connect(tunnel.access_config().limits(limits))
             .await
