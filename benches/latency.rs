@@ -30,11 +30,7 @@ fn main() {
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
     build_release_binaries();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tunnel_benches::client_runtime();
     let servers = Servers::start(1);
     let forwarder = servers.forwarder(servers.echo);
     let tunnel = rt.block_on(Tunnel::start(

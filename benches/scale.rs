@@ -38,11 +38,7 @@ fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = tunnel_benches::client_runtime();
     rt.block_on(devices(&steps));
     // The servers run on a runtime of their own, started outside this one.
     let servers = Servers::start(1);

@@ -18,6 +18,15 @@ pub const CHUNK: usize = 64 * 1024;
 /// Bound on every wait in the harness (process start, registration, one transfer).
 pub const WAIT: Duration = Duration::from_secs(120);
 
+/// The measuring side's runtime: two workers, like the relay and the agent.
+pub fn client_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// `name` from the environment, parsed, or `default`.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
