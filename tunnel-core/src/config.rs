@@ -3,13 +3,16 @@
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::protocol::WireLimits;
 
 /// yamux gives every stream an initial receive window of this size; the connection window
 /// must cover one per stream or yamux panics, so [`Limits`] checks it up front.
 const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 
-/// Per-session multiplexing limits. Both ends of a session should use the same values:
-/// yamux ends a whole session whose peer opens more streams than its own limit.
+/// Per-session multiplexing limits, set on the relay ([`RelayBuilder::limits`](crate::RelayBuilder::limits)).
+/// Both ends of a session must use the same values (yamux ends a whole session whose peer
+/// opens more streams than its own limit), so the relay announces them in its welcome and
+/// clients take them from there: they are configured in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub(crate) max_streams: usize,
@@ -45,11 +48,35 @@ impl Limits {
     pub(crate) fn yamux_streams(&self) -> usize {
         self.max_streams * 2
     }
+    /// The limits as the welcome announces them.
+    pub(crate) fn to_wire(self) -> WireLimits {
+        // `validate` capped both: at most 4096 streams, and a window a u32 can hold.
+        WireLimits {
+            max_streams: u16::try_from(self.max_streams).unwrap_or(u16::MAX),
+            receive_window: u32::try_from(self.receive_window).unwrap_or(u32::MAX),
+        }
+    }
+    /// The limits a relay announced, checked like local ones: a relay must not make a
+    /// client build a yamux configuration that panics or holds unbounded memory.
+    pub(crate) fn from_wire(wire: WireLimits) -> Result<Self, ConfigError> {
+        let limits = Self {
+            max_streams: usize::from(wire.max_streams),
+            receive_window: wire.receive_window as usize,
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         if self.max_streams == 0 || self.max_streams > 4096 {
             return Err(ConfigError::Invalid(format!(
                 "max_streams {} out of range 1..=4096",
                 self.max_streams
+            )));
+        }
+        if u32::try_from(self.receive_window).is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "receive_window {} is above 4 GiB",
+                self.receive_window
             )));
         }
         let min = self.yamux_streams() * YAMUX_STREAM_WINDOW;
@@ -90,5 +117,23 @@ mod tests {
             .validate()
             .unwrap();
         assert!(Limits::default().max_streams(0).validate().is_err());
+    }
+
+    #[test]
+    fn limits_survive_the_welcome_and_unusable_announced_limits_are_refused() {
+        let l = Limits::default().max_streams(512).receive_window(256 << 20);
+        assert_eq!(Limits::from_wire(l.to_wire()).unwrap(), l);
+        let bad = WireLimits {
+            max_streams: 4096,
+            receive_window: 1 << 20,
+        };
+        assert!(Limits::from_wire(bad).is_err());
+        assert!(
+            Limits::from_wire(WireLimits {
+                max_streams: 0,
+                receive_window: u32::MAX
+            })
+            .is_err()
+        );
     }
 }

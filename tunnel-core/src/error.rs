@@ -1,9 +1,10 @@
-//! Typed errors, one enum per failure domain.
+//! Typed errors, one enum per failure domain. Each maps to one [`ErrorKind`] through the
+//! status table in `protocol/status.rs`.
 
 use std::io;
 use std::path::PathBuf;
 
-pub use crate::protocol::RefusalCode;
+use crate::protocol::{ErrorKind, RefusalCode, StatusCode};
 
 /// A configuration that cannot work: bad certificate, pin, address, pattern or file.
 #[derive(Debug, thiserror::Error)]
@@ -47,10 +48,10 @@ pub enum ConnectError {
     },
     /// The relay's certificate did not match the pin or the CA roots.
     #[error("bad relay certificate: {0}")]
-    BadCertificate(String),
+    BadCertificate(#[source] rustls::Error),
     /// The relay rejected our client certificate (unknown issuer, expired, revoked).
     #[error("the relay rejected the client certificate: {0}")]
-    CertificateRejected(String),
+    CertificateRejected(#[source] rustls::Error),
     /// The TLS handshake failed for another reason.
     #[error("tls handshake failed: {0}")]
     Tls(#[source] io::Error),
@@ -74,6 +75,9 @@ pub enum ConnectError {
     /// The client configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The listener was closed while waiting for it to connect.
+    #[error("the listener was closed")]
+    Closed,
 }
 
 impl ConnectError {
@@ -87,6 +91,21 @@ impl ConnectError {
             | Self::Alpn
             | Self::Config(_) => true,
             _ => false,
+        }
+    }
+
+    /// The kind of failure, as the status table names it (and Python raises it).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Refused { code, .. } => code.kind(),
+            Self::BadCertificate(_) | Self::CertificateRejected(_) => ErrorKind::Certificate,
+            Self::Config(_) => ErrorKind::Config,
+            Self::Unreachable { .. }
+            | Self::Tls(_)
+            | Self::Alpn
+            | Self::Timeout
+            | Self::Protocol(_)
+            | Self::Closed => ErrorKind::Connect,
         }
     }
 }
@@ -119,12 +138,46 @@ pub enum DialError {
     /// The answer did not come within the open deadline.
     #[error("timed out opening the stream")]
     Timeout,
-    /// The session with the relay was lost while opening.
+    /// The session with the relay was lost while opening, or the stream broke.
     #[error("connection to the relay lost: {0}")]
-    ConnectionLost(String),
+    ConnectionLost(#[source] io::Error),
     /// The relay broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A local I/O error, not the tunnel's (stdin or stdout in [`pipe_stdio`](crate::pipe_stdio)).
+    #[error("local i/o: {0}")]
+    Local(#[source] io::Error),
+}
+
+impl DialError {
+    /// The error a caller gets for a stream answer, through the status table's kind.
+    pub(crate) fn from_status(code: StatusCode, message: String) -> Self {
+        match code.kind() {
+            Some(ErrorKind::Denied) => Self::Denied(message),
+            Some(ErrorKind::DeviceOffline) => Self::DeviceOffline(message),
+            Some(ErrorKind::UnknownService) => Self::UnknownService(message),
+            Some(ErrorKind::TargetRefused) => Self::TargetRefused(message),
+            Some(ErrorKind::Unavailable) => Self::Unavailable(message),
+            // `ok` is not an error; a caller that turns it into one met a protocol bug.
+            _ => Self::Protocol(message),
+        }
+    }
+
+    /// The kind of failure, as the status table names it (and Python raises it).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Connect(c) => c.kind(),
+            Self::Denied(_) => ErrorKind::Denied,
+            Self::DeviceOffline(_) => ErrorKind::DeviceOffline,
+            Self::UnknownService(_) => ErrorKind::UnknownService,
+            Self::TargetRefused(_) => ErrorKind::TargetRefused,
+            Self::Unavailable(_) | Self::Timeout => ErrorKind::Unavailable,
+            Self::InvalidName(_) => ErrorKind::Config,
+            Self::ConnectionLost(_) => ErrorKind::ConnectionLost,
+            Self::Protocol(_) => ErrorKind::Protocol,
+            Self::Local(_) => ErrorKind::Io,
+        }
+    }
 }
 
 impl From<DialError> for io::Error {
@@ -136,7 +189,7 @@ impl From<DialError> for io::Error {
             DialError::TargetRefused(_) => io::ErrorKind::ConnectionRefused,
             DialError::InvalidName(_) => io::ErrorKind::InvalidInput,
             DialError::Timeout => io::ErrorKind::TimedOut,
-            DialError::ConnectionLost(_) => io::ErrorKind::ConnectionReset,
+            DialError::ConnectionLost(e) | DialError::Local(e) => e.kind(),
             _ => io::ErrorKind::Other,
         };
         Self::new(kind, e)

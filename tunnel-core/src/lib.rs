@@ -59,7 +59,8 @@
 //! # Security model
 //!
 //! - The relay is verified by an [`SpkiPin`] or CA roots ([`RelayTrust`]); there is no
-//!   "accept any certificate" mode. TLS 1.3 only, ALPN `tunnel/1`.
+//!   "accept any certificate" mode. TLS 1.3 only, ALPN `tunnel/2` (or `tunnel/1` with
+//!   older peers).
 //! - Identity comes from the credential, never from a name the client picks: a token
 //!   registers only as the device IDs its grants name, and a device ID held by another
 //!   credential is refused. A reconnect with the same credential replaces the old session.
@@ -72,7 +73,8 @@
 //!   the caller waits for it, and the relay gives up after 15 s.
 //! - A [`Stream`] dropped without `shutdown()` is reset, not closed: the far end sees an
 //!   error. Call `shutdown()` for a clean end (it is a half-close; you can still read).
-//! - Both ends of a session should use the same [`Limits`]; the defaults match.
+//! - Session [`Limits`] are set on the relay only: it announces them in its welcome and
+//!   clients follow (with a relay older than 0.2, both ends must be configured alike).
 //!
 //! # Features
 //!
@@ -89,17 +91,15 @@ compile_error!("enable one crypto provider feature: `ring` (default) or `aws-lc-
 mod auth;
 mod client;
 mod config;
-mod dialer;
 mod error;
-mod forward;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod hex;
-mod listener;
 mod mux;
 mod protocol;
 mod relay;
+mod splice;
 mod stream;
 mod tls;
 mod util;
@@ -109,11 +109,12 @@ pub use auth::{
     Identity, Pattern, Token, TokenAuthenticator, TokenEntry, TokenFile, TokenHash,
 };
 pub use client::ClientConfig;
+pub use client::dialer::{DeviceInfo, Dialer};
+pub use client::forward::{forward, pipe_stdio, serve_local};
+pub use client::listener::{DeviceConfig, Incoming, Listener, ListenerState};
 pub use config::Limits;
-pub use dialer::{DeviceInfo, Dialer};
-pub use error::{ConfigError, ConnectError, DialError, RefusalCode, RelayError};
-pub use forward::{forward, pipe_stdio, serve_local};
-pub use listener::{DeviceConfig, Incoming, Listener, ListenerState, Refusal};
+pub use error::{ConfigError, ConnectError, DialError, RelayError};
+pub use protocol::status::{ErrorKind, Refusal, RefusalCode};
 pub use relay::{Relay, RelayBuilder};
 pub use stream::Stream;
 pub use tls::{RelayTrust, SpkiPin, TlsIdentity};

@@ -1,4 +1,5 @@
-//! The public [`Stream`]: one tunnelled byte stream, and the splice helper.
+//! The public [`Stream`]: one tunnelled byte stream over a yamux stream, which reports a
+//! lost session as an error and never as a clean end.
 
 use std::future::Future;
 use std::io;
@@ -11,15 +12,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::mux::{RawStream, SessionState};
-
-/// Buffer per direction while data flows through a splice: large enough that yamux frames
-/// fill whole TLS records (tokio's default of 8 KiB halves throughput). Freed when the
-/// direction goes quiet.
-pub(crate) const SPLICE_BUFFER: usize = 64 * 1024;
-/// Buffer per direction while a splice is quiet (an idle ssh session, a held-open
-/// connection): with tokio's `copy_bidirectional` every idle tunnelled connection held
-/// 2 × 64 KiB at the relay. A read that fills this switches to [`SPLICE_BUFFER`].
-const QUIET_BUFFER: usize = 2 * 1024;
 
 /// One tunnelled, ordered, reliable byte stream: tokio `AsyncRead + AsyncWrite`.
 ///
@@ -139,65 +131,4 @@ impl AsyncWrite for Stream {
 
 fn reset_if_dead(e: io::Error, session: &SessionState) -> io::Error {
     if session.is_dead() { lost() } else { e }
-}
-
-/// Copies both ways until both directions have ended, carrying half-close across. On an
-/// error, returns it; the caller drops both ends, which resets them.
-pub(crate) async fn splice<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    let (mut a_read, mut a_write) = tokio::io::split(a);
-    let (mut b_read, mut b_write) = tokio::io::split(b);
-    tokio::try_join!(
-        pump(&mut a_read, &mut b_write),
-        pump(&mut b_read, &mut a_write)
-    )
-}
-
-/// Copies one direction to its end, then half-closes the writer. Holds a large buffer only
-/// while data keeps coming: idle, it waits with a small one.
-async fn pump<R, W>(r: &mut R, w: &mut W) -> io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    use futures::FutureExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let mut quiet = [0u8; QUIET_BUFFER];
-    let mut busy: Vec<u8> = Vec::new();
-    let mut total = 0u64;
-    loop {
-        let n = if busy.is_empty() {
-            let n = r.read(&mut quiet).await?;
-            w.write_all(&quiet[..n]).await?;
-            if n == QUIET_BUFFER {
-                busy = vec![0; SPLICE_BUFFER];
-            }
-            n
-        } else {
-            // `read` is cancel-safe: a read that would wait is dropped, and so is the
-            // large buffer, until the next burst.
-            let ready = r.read(&mut busy).now_or_never();
-            let Some(n) = ready else {
-                busy = Vec::new();
-                w.flush().await?;
-                continue;
-            };
-            let n = n?;
-            w.write_all(&busy[..n]).await?;
-            n
-        };
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if busy.is_empty() {
-            w.flush().await?;
-        }
-    }
-    w.shutdown().await?;
-    Ok(total)
 }

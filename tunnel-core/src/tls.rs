@@ -13,7 +13,7 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use sha2::{Digest, Sha256};
 
 use crate::error::ConfigError;
-use crate::protocol::ALPN;
+use crate::protocol::ALPN_ALL;
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     #[cfg(feature = "ring")]
@@ -208,6 +208,28 @@ impl TlsIdentity {
         crate::util::write_private(cert.as_ref(), self.cert_pem().as_bytes())
     }
 
+    /// The relay's own identity kept in a state directory: `relay.crt` and `relay.key` in
+    /// `dir` if both exist, else a self-signed certificate for `names`, generated and saved
+    /// there (the directory is created) so that the pin survives restarts. Returns whether
+    /// it was generated now.
+    pub fn load_or_generate(
+        dir: impl AsRef<Path>,
+        names: &[&str],
+    ) -> Result<(Self, bool), ConfigError> {
+        let dir = dir.as_ref();
+        let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
+        if cert.exists() && key.exists() {
+            return Ok((Self::from_pem_files(&cert, &key)?, false));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let identity = Self::generate_self_signed(names)?;
+        identity.save_pem_files(&cert, &key)?;
+        Ok((identity, true))
+    }
+
     /// The chain as PEM text (leaf first).
     pub fn cert_pem(&self) -> String {
         self.chain
@@ -230,7 +252,7 @@ fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> ConfigError {
     ConfigError::Certificate(format!("{}: {e}", path.display()))
 }
 
-/// The relay's server configuration: TLS 1.3, ALPN `tunnel/1`, optional client certificates
+/// The relay's server configuration: TLS 1.3, ALPN `tunnel/2` then `tunnel/1`, optional client certificates
 /// verified against `client_roots` (clients without one may still present a token).
 pub(crate) fn server_config(
     identity: &TlsIdentity,
@@ -254,7 +276,7 @@ pub(crate) fn server_config(
     let mut config = builder
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| ConfigError::Certificate(e.to_string()))?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = ALPN_ALL.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -282,7 +304,7 @@ pub(crate) fn client_config(
             .map_err(|e| ConfigError::Certificate(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = ALPN_ALL.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
 }
 

@@ -1,6 +1,7 @@
 //! Small helpers shared by the roles.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::ConfigError;
 
@@ -17,4 +18,11 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<(), ConfigError>
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path).map_err(io_err)?;
     file.write_all(data).map_err(io_err)
+}
+
+/// Locks a mutex even if a panicking thread poisoned it. Every critical section in this
+/// crate leaves its data consistent at each step (a counter update, a map insert), so the
+/// data is still sound; refusing it would turn one panic into a dead relay.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

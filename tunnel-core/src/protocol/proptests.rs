@@ -42,13 +42,23 @@ fn message() -> impl Strategy<Value = Message> {
                     public,
                 }
             }),
-        (any::<u32>(), text(60), ports()).prop_map(|(heartbeat_ms, identity, public)| {
-            Message::Welcome {
-                heartbeat_ms,
-                identity,
-                public,
-            }
-        }),
+        (
+            any::<u32>(),
+            text(60),
+            ports(),
+            proptest::option::of((any::<u16>(), any::<u32>()))
+        )
+            .prop_map(|(heartbeat_ms, identity, public, limits)| {
+                Message::Welcome {
+                    heartbeat_ms,
+                    identity,
+                    public,
+                    limits: limits.map(|(max_streams, receive_window)| WireLimits {
+                        max_streams,
+                        receive_window,
+                    }),
+                }
+            }),
         (any::<u8>(), text(80)).prop_map(|(c, message)| Message::Refused {
             code: RefusalCode::from_u8(c),
             message

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
-use super::lock;
+use crate::util::lock;
 
 /// At most `max` live [`Slot`]s per key; a key with no slot takes no memory.
 pub(super) struct KeyedLimit<K> {

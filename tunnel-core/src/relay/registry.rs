@@ -9,8 +9,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::lock;
+use crate::auth::Grants;
 use crate::mux::Session;
+use crate::protocol::DeviceEntry;
+use crate::util::lock;
 
 /// Offline devices remembered for `--list`; beyond this, the oldest are forgotten, so a
 /// credential with a wildcard grant cannot grow the relay's memory without bound.
@@ -46,6 +48,12 @@ impl Online {
             let _ = task.await;
         }
     }
+}
+
+/// An online device as a stream open needs it.
+pub(super) struct Reachable {
+    pub(super) session: Session,
+    pub(super) services: Vec<String>,
 }
 
 /// A device ID's current holder, or why it cannot be had.
@@ -156,22 +164,68 @@ impl Registry {
     }
 
     /// The session and declared services of an online device.
-    pub(super) fn lookup(&self, device: &str) -> Option<(Session, Vec<String>)> {
+    pub(super) fn lookup(&self, device: &str) -> Option<Reachable> {
         let online = lock(&self.online);
         let entry = online.get(device).filter(|e| !e.session.is_closed())?;
-        Some((entry.session.clone(), entry.services.clone()))
+        Some(Reachable {
+            session: entry.session.clone(),
+            services: entry.services.clone(),
+        })
     }
 
-    /// Every known device: `(id, online, services)`.
-    pub(super) fn snapshot(&self) -> Vec<(String, bool, Vec<String>)> {
-        let mut all: Vec<_> = lock(&self.online)
+    /// IDs of the devices online now, sorted.
+    pub(super) fn online_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.online)
             .iter()
             .filter(|(_, e)| !e.session.is_closed())
-            .map(|(d, e)| (d.clone(), true, e.services.clone()))
+            .map(|(d, _)| d.clone())
             .collect();
-        let offline = lock(&self.offline);
-        all.extend(offline.0.iter().map(|(d, s)| (d.clone(), false, s.clone())));
-        all
+        ids.sort();
+        ids
+    }
+
+    /// The devices `grants` may reach, with the services it may open: those seen since
+    /// start (filtered under the lock, so only matches are copied) and those the grants
+    /// name exactly. Sorted by ID and cut, stably, to at most `max_bytes` once encoded.
+    pub(super) fn visible_to(&self, grants: &Grants, max_bytes: usize) -> Vec<DeviceEntry> {
+        let entry = |device: &str, online: bool, services: &[String]| DeviceEntry {
+            device: device.to_owned(),
+            online,
+            services: services
+                .iter()
+                .filter(|s| grants.may_access(device, s))
+                .cloned()
+                .collect(),
+        };
+        let mut entries: Vec<DeviceEntry> = lock(&self.online)
+            .iter()
+            .filter(|(d, e)| !e.session.is_closed() && grants.may_access_device(d))
+            .map(|(d, e)| entry(d, true, &e.services))
+            .collect();
+        entries.extend(
+            lock(&self.offline)
+                .0
+                .iter()
+                .filter(|(d, _)| grants.may_access_device(d))
+                .map(|(d, services)| entry(d, false, services)),
+        );
+        for named in grants.named_devices() {
+            if !entries.iter().any(|e| e.device == named) {
+                entries.push(entry(named, false, &[]));
+            }
+        }
+        entries.sort_by(|a, b| a.device.cmp(&b.device));
+        // An entry takes 3 bytes plus its names; the list header takes 3.
+        let mut size = 3;
+        let fits = entries
+            .iter()
+            .take_while(|e| {
+                size += 3 + e.device.len() + e.services.iter().map(|s| 1 + s.len()).sum::<usize>();
+                size <= max_bytes
+            })
+            .count();
+        entries.truncate(fits);
+        entries
     }
 
     /// Removes every online session, for shutdown.

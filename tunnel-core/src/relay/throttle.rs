@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lock;
+use crate::util::lock;
 
 /// Failed authentications a source may make in a row before it is cut off: enough for a
 /// human with a typo and for a device whose token was just rotated.

@@ -1,33 +1,30 @@
 //! The yamux session driver: one private task owns the `yamux::Connection` and does all of
 //! its I/O; [`Session`] is the cheap handle that opens streams and closes the session.
+//!
+//! The driver knows nothing of the tunnel protocol. A caller that must write something on
+//! the socket before yamux starts (the relay's welcome) creates the session with
+//! [`Session::prepare`], writes, then [`Unstarted::start`]s it: opens issued meanwhile wait
+//! in the bounded command queue.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug};
 
+use super::link::{Flush, Link, LinkIo};
 use crate::config::Limits;
-use crate::protocol::{HANDSHAKE_TIMEOUT, STREAM_OPEN_TIMEOUT};
+use crate::protocol::STREAM_OPEN_TIMEOUT;
 use crate::stream::Stream;
 
 /// Streams the peer opened that we have not accepted yet; beyond this, new ones are reset.
 /// Matches yamux's ACK backlog, so a well-behaved peer never hits it.
 const ACCEPT_BACKLOG: usize = 256;
-/// Size of the write buffer between yamux and TLS: four yamux frames (header + body of
-/// `SPLIT_SEND_SIZE`), so the frames of one driver round leave as four full TLS records in
-/// one `writev` instead of a record and a syscall each. Allocated only while data flows.
-const WRITE_BUFFER: usize = 64 * 1024;
-/// A flush that moved less than this frees the write buffer: a quiet session (heartbeats,
-/// keystrokes) holds no buffer between rounds, which keeps idle devices cheap.
-const KEEP_BUFFER_AFTER: usize = 16 * 1024;
 /// Largest yamux data frame body: header (12 bytes) + body fill one 16 KiB TLS record.
 const SPLIT_SEND_SIZE: usize = 16 * 1024 - 12;
 /// Commands queued to the driver; each open request waits its turn here.
@@ -70,7 +67,7 @@ impl SessionState {
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }
-    fn mark_dead(&self) {
+    pub(super) fn mark_dead(&self) {
         self.dead.store(true, Ordering::Release);
     }
 }
@@ -99,26 +96,74 @@ pub(crate) struct Session {
 /// Streams opened by the peer.
 pub(crate) type Inbound = mpsc::Receiver<Stream>;
 
-/// Bytes to write on the socket before yamux starts (the relay's welcome), once `go`
-/// fires: the relay registers the device before the device learns it is registered.
-pub(crate) struct Preamble {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) go: oneshot::Receiver<()>,
+/// A session whose driver has not started: its handle already queues opens, and nothing is
+/// read from or written to the socket until [`Unstarted::start`].
+pub(crate) struct Unstarted {
+    config: yamux::Config,
+    mode: yamux::Mode,
+    commands: mpsc::Receiver<Command>,
+    inbound: mpsc::Sender<Stream>,
+    done: watch::Sender<bool>,
+    close: CancellationToken,
+    state: Arc<SessionState>,
+}
+
+impl Unstarted {
+    /// Spawns the driver on `io`; it runs until the session ends.
+    pub(crate) fn start<T>(self, io: T, span: tracing::Span)
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let link = Arc::new(Mutex::new(Link::new(io, self.state.clone())));
+        let driver = Driver {
+            conn: yamux::Connection::new(LinkIo(link.clone()).compat(), self.config, self.mode),
+            link,
+            commands: self.commands,
+            inbound: self.inbound,
+            state: self.state,
+        };
+        let (close, done) = (self.close, self.done);
+        tokio::spawn(
+            async move {
+                driver.run(close).await;
+                let _ = done.send(true);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Gives up on a session that will never start: every handle sees it closed.
+    pub(crate) fn abandon(self) {
+        self.state.mark_dead();
+        self.state.ended.cancel();
+        let _ = self.done.send(true);
+    }
 }
 
 impl Session {
-    /// Starts the driver task for an authenticated connection.
+    /// Starts the driver for an authenticated connection at once.
     pub(crate) fn spawn<T>(
         io: T,
         limits: &Limits,
         opener: Opener,
         mode: yamux::Mode,
         span: tracing::Span,
-        preamble: Option<Preamble>,
     ) -> (Self, Inbound)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let (session, inbound, unstarted) = Self::prepare(limits, opener, mode);
+        unstarted.start(io, span);
+        (session, inbound)
+    }
+
+    /// Creates the handle of a session whose driver starts later, on a socket the caller
+    /// still uses meanwhile.
+    pub(crate) fn prepare(
+        limits: &Limits,
+        opener: Opener,
+        mode: yamux::Mode,
+    ) -> (Self, Inbound, Unstarted) {
         let permits = match opener {
             Opener::Local => {
                 limits.max_streams - (limits.max_streams / 8).min(limits.max_streams - 1)
@@ -130,60 +175,26 @@ impl Session {
             ended: CancellationToken::new(),
             permits: Arc::new(Semaphore::new(permits)),
         });
-        let link = Arc::new(Mutex::new(Link {
-            io,
-            buf: Vec::new(),
-            written: 0,
-            state: state.clone(),
-        }));
-        let config = yamux_config(limits);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
         let (done_tx, done_rx) = watch::channel(false);
         let close = CancellationToken::new();
-        let close2 = close.clone();
-        let state2 = state.clone();
-        tokio::spawn(
-            async move {
-                if let Some(Preamble { bytes, go }) = preamble {
-                    let write = async {
-                        go.await
-                            .map_err(|_| io::Error::other("session abandoned"))?;
-                        lock(&link).buf = bytes;
-                        std::future::poll_fn(|cx| lock(&link).poll_flush_all(cx)).await
-                    };
-                    let sent = tokio::time::timeout(HANDSHAKE_TIMEOUT, write)
-                        .await
-                        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()));
-                    if let Err(e) = sent {
-                        debug!(error = %e, "preamble not sent; ending session");
-                        state2.mark_dead();
-                        state2.ended.cancel();
-                        let _ = done_tx.send(true);
-                        return;
-                    }
-                }
-                let driver = Driver {
-                    conn: yamux::Connection::new(LinkIo(link.clone()).compat(), config, mode),
-                    link,
-                    commands: cmd_rx,
-                    inbound: in_tx,
-                    state: state2,
-                };
-                driver.run(close2).await;
-                let _ = done_tx.send(true);
-            }
-            .instrument(span),
-        );
-        (
-            Self {
-                commands: cmd_tx,
-                close,
-                done: done_rx,
-                state,
-            },
-            in_rx,
-        )
+        let unstarted = Unstarted {
+            config: yamux_config(limits),
+            mode,
+            commands: cmd_rx,
+            inbound: in_tx,
+            done: done_tx,
+            close: close.clone(),
+            state: state.clone(),
+        };
+        let session = Self {
+            commands: cmd_tx,
+            close,
+            done: done_rx,
+            state,
+        };
+        (session, in_rx, unstarted)
     }
 
     /// Opens a stream. The peer sees it only once something is written on it; it waits
@@ -230,7 +241,8 @@ impl Session {
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        *self.done.borrow() || self.state.is_dead()
+        // `has_changed` fails once the driver (or an abandoned `Unstarted`) is gone.
+        *self.done.borrow() || self.state.is_dead() || self.done.has_changed().is_err()
     }
 }
 
@@ -342,121 +354,6 @@ impl<T> Driver<T> {
             Poll::Ready(Err(e)) => Poll::Ready(format!("connection error: {e}")),
             _ => Poll::Pending,
         }
-    }
-}
-
-/// The socket under yamux, shared by yamux (through [`LinkIo`]) and the driver.
-///
-/// Writes are gathered: yamux flushes after every frame, which would cost one TLS record
-/// and one syscall per frame (half the relay's CPU time in a profile). Here yamux's flush
-/// is a no-op and the driver flushes once per round, when yamux has nothing left to do, so
-/// latency is unchanged and a bulk transfer leaves in 64 KiB writes.
-///
-/// It is also watched: a read or write error marks the session dead before yamux itself
-/// learns of it and wakes its streams. A clean end (TLS close_notify, then end of file) is
-/// not an error: streams that were finished before it stay finished.
-struct Link<T> {
-    io: T,
-    /// Frames gathered for the next write; `written` of them are already on the socket.
-    buf: Vec<u8>,
-    written: usize,
-    state: Arc<SessionState>,
-}
-
-fn lock<T>(link: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    link.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-impl<T: AsyncWrite + Unpin> Link<T> {
-    fn watch<R>(&self, res: io::Result<R>) -> io::Result<R> {
-        if res.is_err() {
-            self.state.mark_dead();
-        }
-        res
-    }
-
-    /// Writes the gathered frames out.
-    fn poll_write_buf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.buf.len() {
-            let res = ready!(Pin::new(&mut self.io).poll_write(cx, &self.buf[self.written..]));
-            match self.watch(res)? {
-                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                n => self.written += n,
-            }
-        }
-        if self.buf.len() < KEEP_BUFFER_AFTER {
-            self.buf = Vec::new();
-        } else {
-            self.buf.clear();
-        }
-        self.written = 0;
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_buf(cx))?;
-        let res = ready!(Pin::new(&mut self.io).poll_flush(cx));
-        Poll::Ready(self.watch(res))
-    }
-}
-
-/// The driver's side of a [`Link`], without its type parameter.
-trait Flush: Send + Sync {
-    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-}
-
-impl<T: AsyncWrite + Unpin + Send> Flush for Mutex<Link<T>> {
-    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        lock(self).poll_flush_all(cx)
-    }
-}
-
-/// yamux's side of a [`Link`].
-struct LinkIo<T>(Arc<Mutex<Link<T>>>);
-
-impl<T: AsyncRead + Unpin> AsyncRead for LinkIo<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let mut link = lock(&self.0);
-        let res = ready!(Pin::new(&mut link.io).poll_read(cx, buf));
-        if res.is_err() {
-            link.state.mark_dead();
-        }
-        Poll::Ready(res)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for LinkIo<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let mut link = lock(&self.0);
-        if link.buf.len() + data.len() > WRITE_BUFFER {
-            ready!(link.poll_write_buf(cx))?;
-        }
-        if data.len() >= WRITE_BUFFER {
-            let res = ready!(Pin::new(&mut link.io).poll_write(cx, data));
-            return Poll::Ready(link.watch(res));
-        }
-        if link.buf.capacity() == 0 {
-            link.buf.reserve_exact(WRITE_BUFFER);
-        }
-        link.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-    /// Deferred to the end of the driver's round (see [`Link`]).
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let mut link = lock(&self.0);
-        ready!(link.poll_flush_all(cx))?;
-        Pin::new(&mut link.io).poll_shutdown(cx)
     }
 }
 

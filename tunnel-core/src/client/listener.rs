@@ -8,8 +8,11 @@ use tokio::sync::{Mutex, mpsc, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::client::{ClientConfig, Connected, HelloRequest, connect};
+use super::ClientConfig;
+use super::connect::{Connected, HelloRequest, connect};
 use crate::error::{ConfigError, ConnectError};
+use crate::protocol::status::Refusal;
+use crate::protocol::validate::check_declaration;
 use crate::protocol::{
     self, MAX_HEADER_LEN, MAX_SERVICES, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -59,37 +62,13 @@ impl DeviceConfig {
         self
     }
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |what: &str, v: &str| {
-            ConfigError::Invalid(format!(
-                "invalid {what} {v:?}: want 1-63 characters of A-Z a-z 0-9 . _ -"
-            ))
-        };
-        if !protocol::is_valid_name(&self.device) {
-            return Err(bad("device id", &self.device));
-        }
         if self.services.is_empty() || self.services.len() > MAX_SERVICES {
             return Err(ConfigError::Invalid(format!(
                 "declare 1 to {MAX_SERVICES} services"
             )));
         }
-        for (i, s) in self.services.iter().enumerate() {
-            if !protocol::is_valid_name(s) {
-                return Err(bad("service name", s));
-            }
-            if self.services[..i].contains(s) {
-                return Err(ConfigError::Invalid(format!(
-                    "service {s:?} declared twice"
-                )));
-            }
-        }
-        for (s, _) in &self.public {
-            if !self.services.contains(s) {
-                return Err(ConfigError::Invalid(format!(
-                    "public port for undeclared service {s:?}"
-                )));
-            }
-        }
-        Ok(())
+        check_declaration(&self.device, &self.services, &self.public)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
     fn hello(&self) -> HelloRequest {
         HelloRequest {
@@ -226,7 +205,7 @@ impl Listener {
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => match &*s {
                 ListenerState::Connected { public } => Ok(public.clone()),
-                _ => Err(ConnectError::Protocol("listener stopped".into())),
+                _ => Err(ConnectError::Closed),
             },
             _ => Err(ConnectError::Timeout),
         }
@@ -259,20 +238,6 @@ impl std::fmt::Debug for Incoming {
     }
 }
 
-/// Why a device refuses an incoming stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Refusal {
-    /// The local service could not be reached (port closed, host down).
-    TargetRefused,
-    /// The device does not offer this service.
-    UnknownService,
-    /// The device's own policy refuses this caller.
-    Denied,
-    /// The device is busy; the caller may retry.
-    Unavailable,
-}
-
 impl Incoming {
     /// The service name the caller asked for.
     pub fn service(&self) -> &str {
@@ -293,23 +258,14 @@ impl Incoming {
     }
     /// Refuses: the caller's open fails with the matching error and `message`.
     pub async fn refuse(mut self, why: Refusal, message: &str) -> io::Result<()> {
-        let code = match why {
-            Refusal::TargetRefused => StatusCode::TargetRefused,
-            Refusal::UnknownService => StatusCode::UnknownService,
-            Refusal::Denied => StatusCode::Denied,
-            Refusal::Unavailable => StatusCode::Unavailable,
-        };
-        answer(&mut self.stream, code, message).await?;
+        answer(&mut self.stream, why.into(), message).await?;
         tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await
     }
 }
 
+/// Writes the device's answer; a stream error stays an `io::Error`.
 async fn answer(stream: &mut Stream, code: StatusCode, message: &str) -> io::Result<()> {
-    let msg = Message::Status {
-        code,
-        message: message.to_owned(),
-    };
-    protocol::write_frame(stream, &msg)
+    protocol::write_status(stream, code, message)
         .await
         .map_err(|e| match e {
             protocol::FrameError::Io(io) => io,

@@ -1,248 +1,14 @@
-//! The wire vocabulary: every message, its framing, the limits and the timeouts.
-//!
-//! Reading this file tells the whole protocol; `PROTOCOL.md` describes the same bytes with
-//! test vectors (checked by the unit tests at the bottom of this file).
-//!
-//! Layers: TCP (`TCP_NODELAY`) → TLS 1.3 with ALPN [`ALPN`] → one [`Message::Hello`] from the
-//! client and one [`Message::Welcome`] or [`Message::Refused`] from the relay, on the raw TLS
-//! stream → yamux. On yamux, every stream starts with one header frame written by the opener
-//! ([`Message::Open`], [`Message::Incoming`], [`Message::List`] or [`Message::Control`]) and
-//! the acceptor's immediate answer ([`Message::Status`], [`Message::DeviceList`] or
-//! [`Message::Pong`]s); after an `ok` status the stream carries raw bytes both ways.
-
-use std::time::Duration;
+//! Framing: how each [`Message`] becomes bytes and back. Every frame is a `u16` big-endian
+//! length, one type byte, then the fields; `PROTOCOL.md` prints the same bytes as test
+//! vectors, checked by the unit tests at the bottom of this file.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::status::{RefusalCode, StatusCode};
+use super::{DeviceEntry, FrameError, MAX_FRAME_LEN, MAX_SERVICES, MAX_TOKEN_LEN, Message, Role, WireLimits};
 use crate::auth::Token;
 
-/// ALPN protocol id; also the major protocol version. A peer that negotiates anything else,
-/// or nothing, is refused right after the TLS handshake.
-pub(crate) const ALPN: &[u8] = b"tunnel/1";
-/// Version byte carried in the hello; lets a relay refuse clients below its minimum.
-pub(crate) const VERSION: u8 = 1;
-
-/// Largest frame accepted before authentication: the hello is small, and an
-/// unauthenticated peer must not make the relay allocate more than this.
-pub(crate) const MAX_HELLO_LEN: usize = 4096;
-/// Largest per-stream header (open, incoming, status, ping): names are short.
-pub(crate) const MAX_HEADER_LEN: usize = 1024;
-/// Largest frame of all (the device list); the u16 length prefix cannot say more.
-pub(crate) const MAX_FRAME_LEN: usize = u16::MAX as usize;
-/// Longest device or service name: fits a DNS label, prints on one line.
-pub(crate) const MAX_NAME_LEN: usize = 63;
-/// Longest token accepted on the wire; real tokens are 68 bytes.
-pub(crate) const MAX_TOKEN_LEN: usize = 1024;
-/// Most services one device may declare, and most public ports it may ask for.
-pub(crate) const MAX_SERVICES: usize = 64;
-
-/// Deadline for TCP connect + TLS handshake + hello/welcome, on both ends: a peer that is
-/// slower than this is gone or hostile (slowloris).
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline for a stream's header and for the answer to it; covers the device's connect to
-/// its local target, which has its own shorter [`TARGET_CONNECT_TIMEOUT`].
-pub(crate) const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Deadline for the device's TCP connect to a local service (`127.0.0.1:22`): a LAN host that
-/// does not answer in this time is reported as `target refused`.
-pub(crate) const TARGET_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Who is connecting, declared in the hello; the credential decides whether it is allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Role {
-    /// A device: registers a device ID and accepts streams.
-    Device = 1,
-    /// An access client: opens streams to devices and lists them.
-    Access = 2,
-}
-
-/// Why the relay refused a session (the `refused` frame of the handshake).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RefusalCode {
-    /// The credential is unknown or wrong (one uniform answer for every auth failure).
-    AuthFailed,
-    /// The relay does not speak this protocol version.
-    UnsupportedVersion,
-    /// The credential may not register this device ID.
-    DeviceIdDenied,
-    /// Another credential holds this device ID right now.
-    DeviceIdTaken,
-    /// A public port was asked for and is not allowed (no range, not granted, outside the
-    /// range). A port that is allowed but busy is refused as [`RefusalCode::Unavailable`].
-    PublicPortDenied,
-    /// The hello was malformed.
-    BadRequest,
-    /// The relay is shutting down or over a limit; try again later.
-    Unavailable,
-    /// A code this version does not know (from a newer relay).
-    Other(u8),
-}
-
-impl RefusalCode {
-    fn to_u8(self) -> u8 {
-        match self {
-            Self::AuthFailed => 1,
-            Self::UnsupportedVersion => 2,
-            Self::DeviceIdDenied => 3,
-            Self::DeviceIdTaken => 4,
-            Self::PublicPortDenied => 5,
-            Self::BadRequest => 6,
-            Self::Unavailable => 7,
-            Self::Other(c) => c,
-        }
-    }
-    fn from_u8(c: u8) -> Self {
-        match c {
-            1 => Self::AuthFailed,
-            2 => Self::UnsupportedVersion,
-            3 => Self::DeviceIdDenied,
-            4 => Self::DeviceIdTaken,
-            5 => Self::PublicPortDenied,
-            6 => Self::BadRequest,
-            7 => Self::Unavailable,
-            c => Self::Other(c),
-        }
-    }
-    /// Whether retrying with the same credential and request can succeed later.
-    pub fn is_permanent(self) -> bool {
-        matches!(
-            self,
-            Self::AuthFailed
-                | Self::UnsupportedVersion
-                | Self::DeviceIdDenied
-                | Self::PublicPortDenied
-                | Self::BadRequest
-        )
-    }
-}
-
-/// The answer to a stream header ([`Message::Status`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StatusCode {
-    /// Accepted: raw bytes follow.
-    Ok = 0,
-    /// The caller's grants do not allow this (device, service).
-    Denied = 1,
-    /// No session is registered for this device ID.
-    DeviceOffline = 2,
-    /// The device did not declare this service.
-    UnknownService = 3,
-    /// The device could not connect to the service's local address.
-    TargetRefused = 4,
-    /// The header was malformed or not allowed on this kind of session.
-    BadRequest = 5,
-    /// A limit was hit, the device did not answer in time, or the relay is shutting down.
-    Unavailable = 6,
-}
-
-impl StatusCode {
-    fn from_u8(c: u8) -> Option<Self> {
-        Some(match c {
-            0 => Self::Ok,
-            1 => Self::Denied,
-            2 => Self::DeviceOffline,
-            3 => Self::UnknownService,
-            4 => Self::TargetRefused,
-            5 => Self::BadRequest,
-            6 => Self::Unavailable,
-            _ => return None,
-        })
-    }
-}
-
-/// One device in a [`Message::DeviceList`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeviceEntry {
-    pub(crate) device: String,
-    pub(crate) online: bool,
-    pub(crate) services: Vec<String>,
-}
-
-/// Every message of the protocol. Each travels as one frame: `u16` big-endian length of what
-/// follows, one type byte, then the fields. Strings are `u8` length + UTF-8 (`u16` length for
-/// the token), lists are a count then the items.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Message {
-    /// 0x01, client → relay, first frame on the TLS stream: who I am and what I want.
-    Hello {
-        version: u8,
-        role: Role,
-        /// Bearer token; empty when the credential is the TLS client certificate.
-        /// A [`Token`] so that `Debug` output of a message never shows it.
-        token: Token,
-        /// Device role: the device ID to register. Access role: empty.
-        device: String,
-        /// Device role: the service names it offers.
-        services: Vec<String>,
-        /// Device role: `(service, port)` to publish on the relay; port 0 = any allowed.
-        public: Vec<(String, u16)>,
-    },
-    /// 0x02, relay → client: accepted; yamux starts right after this frame.
-    Welcome {
-        /// How often the client must send a ping on its control stream, in milliseconds.
-        heartbeat_ms: u32,
-        /// The identity name the credential mapped to.
-        identity: String,
-        /// Public ports actually bound: `(service, port)`.
-        public: Vec<(String, u16)>,
-    },
-    /// 0x03, relay → client: refused; the relay closes the connection after this frame.
-    Refused { code: RefusalCode, message: String },
-    /// 0x10, access client → relay, stream header: join me to this device's service.
-    Open { device: String, service: String },
-    /// 0x11, relay → device, stream header: a caller wants this service.
-    Incoming {
-        service: String,
-        /// Identity name of the caller, or `public` for a public-port connection.
-        caller: String,
-        /// Remote address of a public-port connection; empty for private access.
-        peer: String,
-    },
-    /// 0x12, acceptor → opener: the answer to `Open`/`Incoming`/`List`/`Control`.
-    Status { code: StatusCode, message: String },
-    /// 0x13, access client → relay, stream header: which devices may I reach?
-    List,
-    /// 0x14, relay → access client: the answer to `List`.
-    DeviceList(Vec<DeviceEntry>),
-    /// 0x15, client → relay, stream header: this stream carries heartbeats.
-    Control,
-    /// 0x16, client → relay on the control stream.
-    Ping(u64),
-    /// 0x17, relay → client on the control stream: echoes the ping's nonce.
-    Pong(u64),
-}
-
-/// A frame that could not be read or decoded.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum FrameError {
-    #[error("frame of {len} bytes exceeds the limit of {max}")]
-    TooLong { len: usize, max: usize },
-    #[error("malformed frame: {0}")]
-    Malformed(&'static str),
-    #[error("unknown message type {0:#04x}")]
-    UnknownType(u8),
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-}
-
 impl Message {
-    /// Short name for logs and errors.
-    pub(crate) fn name(&self) -> &'static str {
-        match self {
-            Self::Hello { .. } => "hello",
-            Self::Welcome { .. } => "welcome",
-            Self::Refused { .. } => "refused",
-            Self::Open { .. } => "open",
-            Self::Incoming { .. } => "incoming",
-            Self::Status { .. } => "status",
-            Self::List => "list",
-            Self::DeviceList(_) => "device-list",
-            Self::Control => "control",
-            Self::Ping(_) => "ping",
-            Self::Pong(_) => "pong",
-        }
-    }
-
     /// Encodes the message as one frame (length prefix included).
     pub(crate) fn encode(&self) -> Result<Vec<u8>, FrameError> {
         let mut w = Writer(vec![0, 0]);
@@ -274,6 +40,7 @@ impl Message {
                 heartbeat_ms,
                 identity,
                 public,
+                limits,
             } => {
                 w.u8(0x02);
                 w.0.extend_from_slice(&heartbeat_ms.to_be_bytes());
@@ -282,6 +49,11 @@ impl Message {
                 for (s, port) in public {
                     w.str8(s)?;
                     w.u16(*port);
+                }
+                // Version 2 appends the limits; a version 1 welcome ends here.
+                if let Some(l) = limits {
+                    w.u16(l.max_streams);
+                    w.0.extend_from_slice(&l.receive_window.to_be_bytes());
                 }
             }
             Self::Refused { code, message } => {
@@ -306,7 +78,7 @@ impl Message {
             }
             Self::Status { code, message } => {
                 w.u8(0x12);
-                w.u8(*code as u8);
+                w.u8(code.to_u8());
                 w.str8_lossy(message);
             }
             Self::List => w.u8(0x13),
@@ -381,10 +153,19 @@ impl Message {
                 for _ in 0..n {
                     public.push((r.str8()?, r.u16()?));
                 }
+                let limits = if r.0.is_empty() {
+                    None
+                } else {
+                    Some(WireLimits {
+                        max_streams: r.u16()?,
+                        receive_window: u32::from_be_bytes(r.array()?),
+                    })
+                };
                 Self::Welcome {
                     heartbeat_ms,
                     identity,
                     public,
+                    limits,
                 }
             }
             0x03 => Self::Refused {
@@ -441,6 +222,7 @@ impl Message {
 }
 
 /// Reads one frame of at most `max` bytes. The length is checked before anything is
+
 /// allocated, so a hostile length costs nothing.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     io: &mut R,
@@ -455,6 +237,19 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     Message::decode(&body)
 }
 
+/// Writes a stream's answer ([`Message::Status`]) and flushes it.
+pub(crate) async fn write_status<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    code: StatusCode,
+    message: &str,
+) -> Result<(), FrameError> {
+    let msg = Message::Status {
+        code,
+        message: message.to_owned(),
+    };
+    write_frame(io, &msg).await
+}
+
 /// Writes one frame and flushes it.
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     io: &mut W,
@@ -465,13 +260,6 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Whether `s` is a valid device or service name: 1 to 63 bytes of `A-Z a-z 0-9 . _ -`.
-pub(crate) fn is_valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_NAME_LEN
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 struct Writer(Vec<u8>);
 
@@ -557,11 +345,9 @@ impl Reader<'_> {
 }
 
 #[cfg(test)]
-mod proptests;
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{MAX_HEADER_LEN, MAX_HELLO_LEN};
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -598,8 +384,21 @@ mod tests {
                     heartbeat_ms: 5000,
                     identity: "pi".into(),
                     public: vec![],
+                    limits: None,
                 },
                 "0009020000138802706900",
+            ),
+            (
+                Message::Welcome {
+                    heartbeat_ms: 5000,
+                    identity: "pi".into(),
+                    public: vec![],
+                    limits: Some(WireLimits {
+                        max_streams: 128,
+                        receive_window: 64 << 20,
+                    }),
+                },
+                "000f020000138802706900 0080 04000000",
             ),
             (
                 Message::Refused {
@@ -740,15 +539,5 @@ mod tests {
             panic!("not a status")
         };
         assert_eq!(message.len(), 254);
-    }
-
-    #[test]
-    fn names_are_restricted_to_a_safe_alphabet() {
-        for ok in ["pi-42", "ssh", "web.v2", "a_b", &"x".repeat(63)] {
-            assert!(is_valid_name(ok), "{ok}");
-        }
-        for bad in ["", "a b", "a/b", "127.0.0.1:22", &"x".repeat(64), "é", "*"] {
-            assert!(!is_valid_name(bad), "{bad}");
-        }
     }
 }

@@ -1,12 +1,14 @@
 //! The access side: a [`Dialer`] holds one session with the relay and opens streams to
 //! device services over it, like `TcpStream::connect`.
 
+use std::io;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use crate::client::{ClientConfig, Connected, HelloRequest, connect};
+use super::ClientConfig;
+use super::connect::{Connected, HelloRequest, connect};
 use crate::error::{ConnectError, DialError};
 use crate::mux::{OpenError, Session};
 use crate::protocol::{
@@ -89,7 +91,7 @@ impl Dialer {
             } => Ok(stream),
             Message::Status { code, message } => {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-                Err(status_error(code, message))
+                Err(DialError::from_status(code, message))
             }
             other => Err(DialError::Protocol(format!(
                 "expected status, got {}",
@@ -109,7 +111,7 @@ impl Dialer {
                     services: e.services,
                 })
                 .collect()),
-            Message::Status { code, message } => Err(status_error(code, message)),
+            Message::Status { code, message } => Err(DialError::from_status(code, message)),
             other => Err(DialError::Protocol(format!(
                 "expected device list, got {}",
                 other.name()
@@ -133,7 +135,9 @@ impl Dialer {
     ) -> Result<(Stream, Message), DialError> {
         let session = self.session().await?;
         let mut stream = session.open().await.map_err(|e| match e {
-            OpenError::Closed => DialError::ConnectionLost(e.to_string()),
+            OpenError::Closed => {
+                DialError::ConnectionLost(io::Error::new(io::ErrorKind::ConnectionReset, e))
+            }
             OpenError::TooManyStreams | OpenError::Timeout => DialError::Unavailable(e.to_string()),
         })?;
         let exchange = async {
@@ -142,7 +146,7 @@ impl Dialer {
         };
         match tokio::time::timeout(STREAM_OPEN_TIMEOUT, exchange).await {
             Ok(Ok(reply)) => Ok((stream, reply)),
-            Ok(Err(protocol::FrameError::Io(e))) => Err(DialError::ConnectionLost(e.to_string())),
+            Ok(Err(protocol::FrameError::Io(e))) => Err(DialError::ConnectionLost(e)),
             Ok(Err(e)) => Err(DialError::Protocol(e.to_string())),
             Err(_) => Err(DialError::Timeout),
         }
@@ -172,17 +176,6 @@ async fn open_session(config: &ClientConfig) -> Result<Session, ConnectError> {
     // makes the driver reset any it tries.
     let Connected { session, .. } = connect(config, hello).await?;
     Ok(session)
-}
-
-fn status_error(code: StatusCode, message: String) -> DialError {
-    match code {
-        StatusCode::Denied => DialError::Denied(message),
-        StatusCode::DeviceOffline => DialError::DeviceOffline(message),
-        StatusCode::UnknownService => DialError::UnknownService(message),
-        StatusCode::TargetRefused => DialError::TargetRefused(message),
-        StatusCode::Unavailable => DialError::Unavailable(message),
-        StatusCode::BadRequest | StatusCode::Ok => DialError::Protocol(message),
-    }
 }
 
 impl Drop for Inner {

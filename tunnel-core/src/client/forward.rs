@@ -9,11 +9,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::dialer::Dialer;
+use super::dialer::Dialer;
+use super::listener::{Incoming, Listener};
 use crate::error::DialError;
-use crate::listener::{Incoming, Listener, Refusal};
 use crate::protocol::TARGET_CONNECT_TIMEOUT;
-use crate::stream::{Stream, splice};
+use crate::protocol::status::Refusal;
+use crate::splice::{Side, splice};
+use crate::stream::Stream;
 
 /// Forwards every stream `listener` accepts to the local address of its service, e.g.
 /// `ssh → 127.0.0.1:22`, `web → 192.168.1.2:3000`. Runs until the listener is closed.
@@ -117,7 +119,10 @@ pub async fn pipe_stdio(dialer: &Dialer, device: &str, service: &str) -> Result<
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
     let result = splice(&mut stdio, &mut stream).await;
     let _ = stdio.flush().await;
-    result
-        .map(|_| ())
-        .map_err(|e| DialError::ConnectionLost(e.to_string()))
+    match result {
+        Ok(_) => Ok(()),
+        // stdin/stdout is the first end of the splice: its failures are local ones.
+        Err(e) if e.side == Side::A => Err(DialError::Local(e.source)),
+        Err(e) => Err(DialError::ConnectionLost(e.source)),
+    }
 }

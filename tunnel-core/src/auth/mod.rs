@@ -1,0 +1,157 @@
+//! Pluggable authentication and the grants that authorize every stream.
+//!
+//! The relay calls an [`Authenticator`] with what the client presented ([`AuthRequest`]:
+//! token, client certificate, peer address) and gets back an [`Identity`] with [`Grants`].
+//! Built-ins: [`TokenAuthenticator`] (a TOML file of hashed tokens) and [`CertAuthenticator`]
+//! (mutual TLS, the certificate names the device); [`FirstOf`] tries several in order.
+
+mod cert;
+mod grants;
+mod token;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+pub use cert::CertAuthenticator;
+pub use grants::{Grants, Pattern};
+pub use token::{Token, TokenAuthenticator, TokenEntry, TokenFile, TokenHash};
+
+/// A boxed future, as returned by [`Authenticator::authenticate`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Decides who a connecting client is. Called once per connection, before any stream exists,
+/// under the relay's handshake deadline.
+///
+/// Return one uniform [`AuthRejected`] for every failure (unknown token, wrong token, no
+/// certificate): the client learns nothing, the reason goes to the relay's log.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Maps the presented credential to an identity with grants.
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest,
+    ) -> BoxFuture<'a, Result<Identity, AuthRejected>>;
+}
+
+/// What a client presented to the relay.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AuthRequest {
+    /// The client's address as the relay sees it.
+    pub peer: SocketAddr,
+    /// The bearer token from the hello, if any.
+    pub token: Option<Token>,
+    /// The DER of the client's TLS certificate, already verified against the relay's client CA.
+    pub client_cert: Option<Vec<u8>>,
+    /// For a device: the device ID it asks to register as. For an access client: `None`.
+    pub device: Option<String>,
+}
+
+/// The relay's verdict on a credential: a name for logs and for the device to see as the
+/// caller, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    name: String,
+    grants: Grants,
+}
+
+impl Identity {
+    /// An identity with these grants.
+    pub fn new(name: impl Into<String>, grants: Grants) -> Self {
+        Self {
+            name: name.into(),
+            grants,
+        }
+    }
+    /// The identity's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// What the identity may do.
+    pub fn grants(&self) -> &Grants {
+        &self.grants
+    }
+}
+
+/// Authentication failed. The text is for the relay's log only; the client always sees
+/// the same `authentication failed`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("authentication failed: {reason}")]
+pub struct AuthRejected {
+    reason: String,
+}
+
+impl AuthRejected {
+    /// A rejection with a reason for the relay's log.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Tries authenticators in order; the first that accepts wins.
+pub struct FirstOf(Vec<Box<dyn Authenticator>>);
+
+impl FirstOf {
+    /// Chains `authenticators` (for example certificates first, then tokens).
+    pub fn new(authenticators: Vec<Box<dyn Authenticator>>) -> Self {
+        Self(authenticators)
+    }
+}
+
+impl fmt::Debug for FirstOf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FirstOf({} authenticators)", self.0.len())
+    }
+}
+
+impl Authenticator for FirstOf {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a AuthRequest,
+    ) -> BoxFuture<'a, Result<Identity, AuthRejected>> {
+        Box::pin(async move {
+            let mut reasons = Vec::new();
+            for a in &self.0 {
+                match a.authenticate(request).await {
+                    Ok(identity) => return Ok(identity),
+                    Err(e) => reasons.push(e.reason),
+                }
+            }
+            Err(AuthRejected::new(reasons.join("; ")))
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn request(token: Option<&str>) -> AuthRequest {
+        AuthRequest {
+            peer: "127.0.0.1:1".parse().unwrap(),
+            token: token.map(Token::new),
+            client_cert: None,
+            device: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn first_of_falls_through_to_the_next_authenticator() {
+        let good = Token::new("tun_ok");
+        let mut tokens = TokenAuthenticator::new();
+        tokens.add(good.hash(), Identity::new("t", Grants::new()));
+        let chain = FirstOf::new(vec![Box::new(CertAuthenticator::new()), Box::new(tokens)]);
+        assert_eq!(
+            chain
+                .authenticate(&request(Some("tun_ok")))
+                .await
+                .unwrap()
+                .name(),
+            "t"
+        );
+        assert!(chain.authenticate(&request(Some("tun_no"))).await.is_err());
+    }
+}

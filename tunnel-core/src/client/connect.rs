@@ -1,0 +1,166 @@
+//! The client's side of the handshake: TCP, TLS with the relay verified, ALPN, the hello
+//! and the relay's welcome or refusal, all under [`HANDSHAKE_TIMEOUT`]; then the yamux
+//! session with the limits the relay announced, and its heartbeat.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::{Instrument, info_span};
+
+use super::ClientConfig;
+use super::heartbeat::heartbeat;
+use crate::auth::Token;
+use crate::config::{Limits, MIN_HEARTBEAT};
+use crate::error::ConnectError;
+use crate::mux::{Inbound, Opener, Session};
+use crate::protocol::{self, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, Role, version_of};
+
+/// An established session with the relay.
+pub(crate) struct Connected {
+    pub(crate) session: Session,
+    pub(crate) inbound: Inbound,
+    pub(crate) identity: String,
+    pub(crate) public: Vec<(String, u16)>,
+}
+
+/// What the client asks for in its hello.
+pub(crate) struct HelloRequest {
+    pub(crate) role: Role,
+    pub(crate) device: String,
+    pub(crate) services: Vec<String>,
+    pub(crate) public: Vec<(String, u16)>,
+}
+
+/// Connects, verifies the relay, authenticates and starts the session and its heartbeat,
+/// all under [`HANDSHAKE_TIMEOUT`].
+pub(crate) async fn connect(
+    cfg: &ClientConfig,
+    request: HelloRequest,
+) -> Result<Connected, ConnectError> {
+    cfg.limits.validate()?;
+    let host = cfg.host()?.to_owned();
+    let name = crate::tls::server_name(cfg.server_name.as_deref().unwrap_or(&host))?;
+    let tls_config = crate::tls::client_config(&cfg.trust, cfg.client_cert.as_ref())?;
+    let span =
+        info_span!("session", relay = %cfg.relay, role = ?request.role, device = %request.device);
+    let handshake = async {
+        let tcp =
+            TcpStream::connect(&cfg.relay)
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    addr: cfg.relay.clone(),
+                    source,
+                })?;
+        let _ = tcp.set_nodelay(true);
+        let mut tls = TlsConnector::from(tls_config)
+            .connect(name, tcp)
+            .await
+            .map_err(tls_error)?;
+        let Some(version) = version_of(tls.get_ref().1.alpn_protocol()) else {
+            return Err(ConnectError::Alpn);
+        };
+        let hello = Message::Hello {
+            version,
+            role: request.role,
+            token: cfg
+                .token
+                .clone()
+                .unwrap_or_else(|| Token::from_wire(String::new())),
+            device: request.device.clone(),
+            services: request.services.clone(),
+            public: request.public.clone(),
+        };
+        protocol::write_frame(&mut tls, &hello)
+            .await
+            .map_err(protocol_error)?;
+        match protocol::read_frame(&mut tls, MAX_HELLO_LEN)
+            .await
+            .map_err(protocol_error)?
+        {
+            Message::Welcome {
+                heartbeat_ms,
+                identity,
+                public,
+                limits,
+            } => Ok((tls, heartbeat_ms, identity, public, limits)),
+            Message::Refused { code, message } => {
+                let _ = tls.shutdown().await;
+                Err(ConnectError::Refused { code, message })
+            }
+            other => Err(ConnectError::Protocol(format!(
+                "expected welcome, got {}",
+                other.name()
+            ))),
+        }
+    };
+    let (tls, heartbeat_ms, identity, public, announced) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .instrument(span.clone())
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+    // A version 2 relay says which limits the session runs with; a version 1 relay does
+    // not, and the configured ones (which must then match the relay's) apply.
+    let limits = match announced {
+        Some(wire) => Limits::from_wire(wire).map_err(|e| {
+            ConnectError::Protocol(format!("the relay announced unusable limits: {e}"))
+        })?,
+        None => cfg.limits,
+    };
+    let interval = Duration::from_millis(u64::from(heartbeat_ms)).max(MIN_HEARTBEAT);
+    let opener = match request.role {
+        Role::Access => Opener::Local,
+        Role::Device => Opener::Remote,
+    };
+    let (session, inbound) =
+        Session::spawn(tls, &limits, opener, yamux::Mode::Client, span.clone());
+    tokio::spawn(heartbeat(session.clone(), interval).instrument(span));
+    Ok(Connected {
+        session,
+        inbound,
+        identity,
+        public,
+    })
+}
+
+/// Classifies a TLS failure: certificate problems on either side are permanent and named,
+/// and keep the rustls error as their source.
+fn tls_error(e: std::io::Error) -> ConnectError {
+    use rustls::AlertDescription as A;
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .cloned();
+    match rustls_error {
+        Some(r @ rustls::Error::InvalidCertificate(_)) => ConnectError::BadCertificate(r),
+        // With TLS 1.3 the relay judges our certificate after our side of the handshake
+        // is done, so this alert can also arrive while reading the welcome. DecryptError is
+        // what a certificate signed by an untrusted key with a trusted name earns.
+        Some(
+            r @ rustls::Error::AlertReceived(
+                A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnsupportedCertificate
+            | A::CertificateRequired
+            | A::AccessDenied
+            | A::DecryptError,
+            ),
+        ) => ConnectError::CertificateRejected(r),
+        _ => ConnectError::Tls(e),
+    }
+}
+
+fn protocol_error(e: protocol::FrameError) -> ConnectError {
+    match e {
+        protocol::FrameError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            ConnectError::Protocol("the relay closed the connection during the handshake".into())
+        }
+        protocol::FrameError::Io(io) => tls_error(io),
+        other => ConnectError::Protocol(other.to_string()),
+    }
+}
+

@@ -1,0 +1,113 @@
+//! The access side of the relay: an access client's session, and each stream it opens,
+//! authorized against its grants on every open, then joined to a device stream. Also the
+//! device list.
+
+use std::sync::Arc;
+
+use tracing::{Instrument, info, info_span};
+
+use super::handshake::Accepted;
+use super::session::{Ctx, prepare, send_welcome, serve, start, welcome};
+use super::{Inner, bridge};
+use crate::auth::Identity;
+use crate::protocol::{self, Message, StatusCode};
+use crate::stream::Stream;
+
+/// Runs an access session until it ends: welcome, then serve its streams.
+pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
+    let Accepted {
+        mut tls,
+        hello,
+        identity,
+        version,
+        slot: _slot,
+    } = accepted;
+    if let Err(e) = send_welcome(&mut tls, &welcome(&relay, &identity, vec![], version)).await {
+        return info!(reason = e, "access session not started");
+    }
+    let (session, inbound, unstarted) = prepare(&relay, hello.role);
+    start(unstarted, tls);
+    info!(identity = identity.name(), "access session started");
+    serve(&relay, &session, inbound, &Ctx::Access(Arc::new(identity))).await;
+    info!("access session ended");
+}
+
+/// An access client asks for `device`/`service`: authorize, find the device, ask it, and
+/// join the two streams if it accepts.
+pub(super) async fn open(
+    relay: &Arc<Inner>,
+    mut stream: Stream,
+    identity: &Identity,
+    device: String,
+    service: String,
+) {
+    let span = info_span!("stream", caller = identity.name(), %device, %service);
+    async {
+        // Grants first: a caller must not learn whether a device it may not reach is online.
+        if !protocol::is_valid_name(&device) || !protocol::is_valid_name(&service) {
+            return reply(
+                &mut stream,
+                StatusCode::BadRequest,
+                "invalid device or service name",
+            )
+            .await;
+        }
+        if !identity.grants().may_access(&device, &service) {
+            info!("denied");
+            let msg = format!("{} may not open {device}/{service}", identity.name());
+            return reply(&mut stream, StatusCode::Denied, &msg).await;
+        }
+        if relay.draining.is_cancelled() {
+            return reply(
+                &mut stream,
+                StatusCode::Unavailable,
+                "relay is shutting down",
+            )
+            .await;
+        }
+        let Some(online) = relay.registry.lookup(&device) else {
+            info!("device offline");
+            return reply(
+                &mut stream,
+                StatusCode::DeviceOffline,
+                &format!("device {device} is not connected"),
+            )
+            .await;
+        };
+        if !online.services.contains(&service) {
+            let msg = format!("device {device} offers no service {service}");
+            return reply(&mut stream, StatusCode::UnknownService, &msg).await;
+        }
+        let incoming = Message::Incoming {
+            service: service.clone(),
+            caller: identity.name().to_owned(),
+            peer: String::new(),
+        };
+        match bridge::ask_device(&online.session, &incoming).await {
+            Ok(device_stream) => {
+                reply(&mut stream, StatusCode::Ok, "").await;
+                bridge::spawn_splice(relay, stream, device_stream);
+            }
+            Err((code, message)) => {
+                info!(?code, message, "device refused");
+                reply(&mut stream, code, &message).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// The devices `identity` may reach: those seen since start and those its grants name,
+/// sorted, cut to fit one frame.
+pub(super) async fn list(relay: &Inner, mut stream: Stream, identity: &Identity) {
+    let entries = relay.registry.visible_to(identity.grants(), protocol::MAX_FRAME_LEN);
+    let msg = Message::DeviceList(entries);
+    let _ = protocol::write_frame(&mut stream, &msg).await;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+}
+
+/// Answers a stream's header; a failure to write means the caller is gone already.
+async fn reply(stream: &mut Stream, code: StatusCode, message: &str) {
+    let _ = protocol::write_status(stream, code, message).await;
+}

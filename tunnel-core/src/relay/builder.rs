@@ -1,0 +1,190 @@
+//! [`RelayBuilder`]: every relay setting with its default, validated in `build()`.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::limit::KeyedLimit;
+use super::registry::Registry;
+use super::throttle::{AuthThrottle, DEFAULT_AUTH_FAILURE_BURST, DEFAULT_AUTH_FAILURE_REFILL};
+use super::{Inner, Relay};
+use crate::auth::Authenticator;
+use crate::config::{DEFAULT_HEARTBEAT, Limits, MIN_HEARTBEAT};
+use crate::error::ConfigError;
+use crate::tls::TlsIdentity;
+
+/// Default time running streams get to finish after shutdown begins.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Default cap on connections still in TLS or hello, relay-wide: an attacker holding many
+/// half-open handshakes must not starve real devices of file descriptors and memory.
+const DEFAULT_MAX_HANDSHAKES: usize = 512;
+/// Default cap on concurrent sessions of one identity: a leaked or stolen credential must
+/// not hold unbounded relay memory (each session may buffer up to its receive window).
+const DEFAULT_MAX_SESSIONS_PER_IDENTITY: usize = 64;
+/// Default cap on connections in TLS or hello from one IP address.
+const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
+
+/// Builds a [`Relay`]. The TLS identity and the authenticator are required up front, so a
+/// relay without authentication cannot be built.
+pub struct RelayBuilder {
+    identity: TlsIdentity,
+    authenticator: Arc<dyn Authenticator>,
+    client_roots: Option<Arc<RootCertStore>>,
+    public_ports: Option<RangeInclusive<u16>>,
+    public_bind: IpAddr,
+    heartbeat: Duration,
+    limits: Limits,
+    grace: Duration,
+    max_handshakes: usize,
+    max_handshakes_per_ip: usize,
+    max_sessions_per_identity: usize,
+    auth_failure_burst: u32,
+    auth_failure_refill: Duration,
+}
+
+impl RelayBuilder {
+    pub(super) fn new(identity: TlsIdentity, authenticator: Arc<dyn Authenticator>) -> Self {
+        Self {
+            identity,
+            authenticator,
+            client_roots: None,
+            public_ports: None,
+            public_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            heartbeat: DEFAULT_HEARTBEAT,
+            limits: Limits::default(),
+            grace: DEFAULT_GRACE,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
+            max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
+            auth_failure_burst: DEFAULT_AUTH_FAILURE_BURST,
+            auth_failure_refill: DEFAULT_AUTH_FAILURE_REFILL,
+        }
+    }
+
+    /// Verifies client certificates against these CA roots (PEM file), for mutual TLS.
+    /// Clients without a certificate may still authenticate with a token.
+    pub fn client_ca_file(mut self, path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        self.client_roots = Some(Arc::new(crate::tls::load_roots(path.as_ref())?));
+        Ok(self)
+    }
+    /// Verifies client certificates against these roots (see [`client_ca_file`](Self::client_ca_file)).
+    pub fn client_roots(mut self, roots: RootCertStore) -> Self {
+        self.client_roots = Some(Arc::new(roots));
+        self
+    }
+    /// Allows devices whose grants permit it to publish services on these relay ports.
+    /// Off by default: without a range, no public port is ever opened.
+    pub fn public_ports(mut self, range: RangeInclusive<u16>) -> Self {
+        self.public_ports = Some(range);
+        self
+    }
+    /// Address public ports bind to (default `0.0.0.0`).
+    pub fn public_bind(mut self, addr: IpAddr) -> Self {
+        self.public_bind = addr;
+        self
+    }
+    /// How often clients must ping (default 5 s). A silent peer is dropped after three
+    /// intervals; clients notice a dead relay within the same bound.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat = interval;
+        self
+    }
+    /// Per-session stream and memory limits (see [`Limits`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// Time running streams get to finish after shutdown begins (default 10 s).
+    pub fn grace_period(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+    /// Caps connections still in their handshake: relay-wide (default 512) and per source
+    /// IP (default 32). Connections over a cap are closed at once.
+    pub fn max_handshakes(mut self, total: usize, per_ip: usize) -> Self {
+        self.max_handshakes = total;
+        self.max_handshakes_per_ip = per_ip;
+        self
+    }
+    /// Caps the concurrent sessions of one identity (default 64); more are refused as
+    /// `unavailable`. A device reconnecting replaces its old session, which frees its slot.
+    pub fn max_sessions_per_identity(mut self, n: usize) -> Self {
+        self.max_sessions_per_identity = n;
+        self
+    }
+    /// Throttles token guessing: a source (IP address, /64 for IPv6) may fail
+    /// authentication `burst` times in a row (default 10); after that its connections are
+    /// closed right after the TCP accept, and it gets one more try per `refill`
+    /// (default 6 s). Successful logins do not count.
+    pub fn auth_failure_limit(mut self, burst: u32, refill: Duration) -> Self {
+        self.auth_failure_burst = burst;
+        self.auth_failure_refill = refill;
+        self
+    }
+    /// Validates the configuration and builds the relay.
+    pub fn build(self) -> Result<Relay, ConfigError> {
+        self.limits.validate()?;
+        if self.heartbeat < MIN_HEARTBEAT || self.heartbeat > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat interval {:?} out of range {MIN_HEARTBEAT:?}..=1h",
+                self.heartbeat
+            )));
+        }
+        if self
+            .public_ports
+            .as_ref()
+            .is_some_and(|r| r.is_empty() || *r.start() == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "public port range is empty or starts at 0".into(),
+            ));
+        }
+        if self.max_handshakes == 0
+            || self.max_handshakes_per_ip == 0
+            || self.max_sessions_per_identity == 0
+        {
+            return Err(ConfigError::Invalid(
+                "handshake and session caps must be at least 1".into(),
+            ));
+        }
+        if self.auth_failure_burst == 0 || self.auth_failure_refill.is_zero() {
+            return Err(ConfigError::Invalid(
+                "auth failure burst and refill must be non-zero".into(),
+            ));
+        }
+        let pin = self.identity.pin()?;
+        let tls = TlsAcceptor::from(crate::tls::server_config(
+            &self.identity,
+            self.client_roots,
+        )?);
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                tls,
+                pin,
+                authenticator: self.authenticator,
+                public_ports: self.public_ports,
+                public_bind: self.public_bind,
+                heartbeat: self.heartbeat,
+                limits: self.limits,
+                grace: self.grace,
+                registry: Registry::default(),
+                handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
+                per_source: KeyedLimit::new(self.max_handshakes_per_ip),
+                per_identity: KeyedLimit::new(self.max_sessions_per_identity),
+                auth_failures: AuthThrottle::new(self.auth_failure_burst, self.auth_failure_refill),
+                draining: CancellationToken::new(),
+                closing: CancellationToken::new(),
+                streams: TaskTracker::new(),
+                connections: TaskTracker::new(),
+            }),
+        })
+    }
+}

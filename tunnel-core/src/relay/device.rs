@@ -1,0 +1,120 @@
+//! The device side of the relay: a device's registration (its ID checked against the
+//! credential and the registry, its public ports bound), its welcome, and its session.
+
+use std::sync::Arc;
+
+use tracing::{Instrument, info, info_span, warn};
+
+use super::handshake::{Accepted, refuse};
+use super::registry::{Claim, Online};
+use super::session::{Ctx, prepare, send_welcome, serve, start, welcome};
+use super::{Inner, public};
+use crate::protocol::RefusalCode;
+
+/// Runs a device session until it ends: check the device ID, bind its public ports,
+/// register it, welcome it, then serve its session.
+pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
+    let Accepted {
+        mut tls,
+        hello,
+        identity,
+        version,
+        slot: _slot,
+    } = accepted;
+    let device = hello.device.clone();
+    if !identity.grants().may_register(&device) {
+        info!(
+            identity = identity.name(),
+            device, "credential may not register this device id"
+        );
+        let msg = format!("credential may not register as device {device}");
+        return refuse(&mut tls, RefusalCode::DeviceIdDenied, &msg).await;
+    }
+    match relay.registry.claim(&device, identity.name()) {
+        Claim::Taken => {
+            warn!(
+                identity = identity.name(),
+                device, "device id held by another credential"
+            );
+            let msg = format!("device id {device} is in use by another credential");
+            return refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
+        }
+        Claim::Flapping => {
+            warn!(
+                identity = identity.name(),
+                device,
+                "device id flapping between live sessions of one credential; keeping the holder"
+            );
+            let msg = format!(
+                "device id {device} is held by a live session of this credential that was \
+                 replaced too often; use one credential per device"
+            );
+            return refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
+        }
+        Claim::Granted(Some(old)) => {
+            info!(device, "replacing the previous session of this device");
+            old.evict().await;
+        }
+        Claim::Granted(None) => {}
+    }
+    let listeners = match public::bind_public(&relay, &identity, &hello.public).await {
+        Ok(l) => l,
+        Err((code, message)) => return refuse(&mut tls, code, &message).await,
+    };
+    let ports: Vec<(String, u16)> = listeners
+        .iter()
+        .map(|(s, l)| (s.clone(), public::port_of(l)))
+        .collect();
+    // The welcome goes out only once the device is in the registry, so a caller that
+    // dials right after the device saw its welcome finds it online. Opens issued before
+    // the driver starts wait in its queue.
+    let (session, inbound, unstarted) = prepare(&relay, hello.role);
+    let generation = relay.registry.generation();
+    let public_tasks = listeners
+        .into_iter()
+        .map(|(service, listener)| {
+            let span = info_span!("public", %service, port = public::port_of(&listener));
+            tokio::spawn(
+                public::public_accept(relay.clone(), session.clone(), service, listener)
+                    .instrument(span),
+            )
+        })
+        .collect();
+    let entry = Online {
+        generation,
+        identity: identity.name().to_owned(),
+        services: hello.services,
+        session: session.clone(),
+        public_tasks,
+    };
+    match relay.registry.insert(&device, entry) {
+        Ok(Some(raced)) => raced.evict().await,
+        Ok(None) => {}
+        Err(ours) => {
+            // Another credential took the ID while we set up; our welcome was never sent,
+            // and the device's next attempt is refused as `device id taken`.
+            warn!(
+                identity = identity.name(),
+                device, "device id taken during registration"
+            );
+            unstarted.abandon();
+            return ours.evict().await;
+        }
+    }
+    let welcome = welcome(&relay, &identity, ports.clone(), version);
+    if let Err(reason) = send_welcome(&mut tls, &welcome).await {
+        info!(reason, "device not registered");
+        unstarted.abandon();
+        if let Some(entry) = relay.registry.remove(&device, generation) {
+            entry.evict().await;
+        }
+        return;
+    }
+    start(unstarted, tls);
+    info!(identity = identity.name(), device, ?ports, "device online");
+    serve(&relay, &session, inbound, &Ctx::Device).await;
+    if let Some(entry) = relay.registry.remove(&device, generation) {
+        entry.evict().await;
+    }
+    info!(device, "device offline");
+}

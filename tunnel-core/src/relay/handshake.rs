@@ -1,0 +1,281 @@
+//! The relay's side of the handshake: pre-auth caps, TLS, ALPN, the hello and
+//! authentication, all under [`HANDSHAKE_TIMEOUT`]. A peer that fails here never reaches
+//! yamux; one that speaks the protocol is told why in a `Refused` frame.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::info;
+
+use super::limit::Slot;
+use super::{Inner, Tls};
+use crate::auth::{AuthRequest, Identity};
+use crate::protocol::validate::check_declaration;
+use crate::protocol::{
+    self, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, RefusalCode, Role, version_of,
+};
+
+/// An authenticated connection, ready for its session.
+pub(super) struct Accepted {
+    pub(super) tls: Tls,
+    pub(super) hello: Hello,
+    pub(super) identity: Identity,
+    /// The protocol version both ends speak (from ALPN).
+    pub(super) version: u8,
+    /// This identity's slot in the per-identity session cap, held for the session's life.
+    pub(super) slot: Slot<String>,
+}
+
+/// A validated hello.
+pub(crate) struct Hello {
+    pub(super) role: Role,
+    pub(super) device: String,
+    pub(super) services: Vec<String>,
+    pub(super) public: Vec<(String, u16)>,
+}
+
+impl Hello {
+    fn validate(&self) -> Result<(), String> {
+        match self.role {
+            Role::Access => {
+                if !self.device.is_empty() || !self.services.is_empty() || !self.public.is_empty() {
+                    return Err("an access client declares no device, services or ports".into());
+                }
+                Ok(())
+            }
+            Role::Device => check_declaration(&self.device, &self.services, &self.public)
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Why a handshake was refused: what the client is told, and what the log says (which may
+/// name more than the client may learn, never a secret).
+struct HandshakeRefusal {
+    code: RefusalCode,
+    message: String,
+    log: String,
+}
+
+impl HandshakeRefusal {
+    fn new(code: RefusalCode, message: &str, log: &str) -> Self {
+        Self {
+            code,
+            message: message.to_owned(),
+            log: log.to_owned(),
+        }
+    }
+}
+
+/// A slot in the handshake caps, released when the handshake ends either way.
+pub(super) struct HandshakePermit {
+    _global: OwnedSemaphorePermit,
+    _source: Slot<IpAddr>,
+}
+
+impl Inner {
+    /// Takes a slot in the relay-wide and per-source handshake caps, if both have room.
+    pub(super) fn handshake_permit(&self, ip: IpAddr) -> Option<HandshakePermit> {
+        let global = self.handshakes.clone().try_acquire_owned().ok()?;
+        let source = self.per_source.try_take(source_key(ip))?;
+        Some(HandshakePermit {
+            _global: global,
+            _source: source,
+        })
+    }
+
+    /// TLS, ALPN, hello and authentication, under one deadline. Failures are answered with
+    /// a `Refused` frame where the peer speaks our protocol, and logged without secrets.
+    pub(super) async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Accepted> {
+        let attempt = async {
+            let mut tls = self.tls.accept(tcp).await.map_err(|e| format!("tls: {e}"))?;
+            let Some(version) = version_of(tls.get_ref().1.alpn_protocol()) else {
+                return Err("client did not negotiate ALPN tunnel/2 or tunnel/1".to_owned());
+            };
+            let msg = match protocol::read_frame(&mut tls, MAX_HELLO_LEN).await {
+                Ok(m) => m,
+                Err(e) => {
+                    refuse(&mut tls, RefusalCode::BadRequest, "malformed hello").await;
+                    return Err(format!("hello: {e}"));
+                }
+            };
+            match self.check_hello(msg, version, &tls, peer).await {
+                Ok((hello, identity, slot)) => Ok(Accepted {
+                    tls,
+                    hello,
+                    identity,
+                    version,
+                    slot,
+                }),
+                Err(r) => {
+                    refuse(&mut tls, r.code, &r.message).await;
+                    Err(r.log)
+                }
+            }
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
+            Ok(Ok(done)) => Some(done),
+            Ok(Err(reason)) => {
+                info!(reason, "handshake refused");
+                None
+            }
+            Err(_) => {
+                info!("handshake timed out");
+                None
+            }
+        }
+    }
+
+    async fn check_hello(
+        &self,
+        msg: Message,
+        negotiated: u8,
+        tls: &Tls,
+        peer: SocketAddr,
+    ) -> Result<(Hello, Identity, Slot<String>), HandshakeRefusal> {
+        let Message::Hello {
+            version,
+            role,
+            token,
+            device,
+            services,
+            public,
+        } = msg
+        else {
+            return Err(HandshakeRefusal::new(
+                RefusalCode::BadRequest,
+                "expected hello",
+                "first frame not a hello",
+            ));
+        };
+        if version != negotiated {
+            let text = format!(
+                "protocol version {version} does not match the negotiated tunnel/{negotiated}"
+            );
+            return Err(HandshakeRefusal::new(
+                RefusalCode::UnsupportedVersion,
+                &text,
+                &text,
+            ));
+        }
+        let hello = Hello {
+            role,
+            device,
+            services,
+            public,
+        };
+        hello
+            .validate()
+            .map_err(|m| HandshakeRefusal::new(RefusalCode::BadRequest, &m, &m))?;
+        let request = AuthRequest {
+            peer,
+            token: (!token.expose().is_empty()).then_some(token),
+            client_cert: tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec()),
+            device: (role == Role::Device).then(|| hello.device.clone()),
+        };
+        // Handshakes already in flight when the source was cut off are not authenticated
+        // either: a correct guess must not succeed while the source is blocked.
+        if self.auth_failures.is_blocked(source_key(peer.ip())) {
+            return Err(HandshakeRefusal::new(
+                RefusalCode::AuthFailed,
+                "authentication failed",
+                "source throttled after failed authentications",
+            ));
+        }
+        let identity = self.authenticator.authenticate(&request).await.map_err(|e| {
+            self.auth_failures.failed(source_key(peer.ip()));
+            HandshakeRefusal::new(
+                RefusalCode::AuthFailed,
+                "authentication failed",
+                &e.to_string(),
+            )
+        })?;
+        if self.draining.is_cancelled() {
+            return Err(HandshakeRefusal::new(
+                RefusalCode::Unavailable,
+                "relay is shutting down",
+                "draining",
+            ));
+        }
+        let slot = self
+            .per_identity
+            .try_take(identity.name().to_owned())
+            .ok_or_else(|| {
+                let log = format!("{} holds too many sessions", identity.name());
+                HandshakeRefusal::new(
+                    RefusalCode::Unavailable,
+                    "too many sessions for this credential",
+                    &log,
+                )
+            })?;
+        Ok((hello, identity, slot))
+    }
+}
+
+/// Sends a `Refused` frame and closes the TLS stream.
+pub(super) async fn refuse(tls: &mut Tls, code: RefusalCode, message: &str) {
+    let msg = Message::Refused {
+        code,
+        message: message.to_owned(),
+    };
+    let _ = protocol::write_frame(tls, &msg).await;
+    let _ = tls.shutdown().await;
+}
+
+/// The key of the per-source handshake cap: the address for IPv4, the /64 prefix for
+/// IPv6 (one subscriber usually holds a whole /64 and could spread over it).
+pub(super) fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
+    }
+}
+
+/// Decodes-and-validates path of a hello, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn validate_hello(msg: Message) -> Result<(), String> {
+    let Message::Hello {
+        role,
+        device,
+        services,
+        public,
+        ..
+    } = msg
+    else {
+        return Err("not a hello".into());
+    };
+    Hello {
+        role,
+        device,
+        services,
+        public,
+    }
+    .validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_caps_count_an_ipv6_slash_64_as_one_source() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(v4), v4);
+        assert_eq!(source_key("::ffff:192.0.2.7".parse().unwrap()), v4);
+    }
+}
