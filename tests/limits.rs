@@ -27,9 +27,10 @@ async fn opening_past_the_stream_limit_fails_that_stream_and_the_session_goes_on
     )
     .await;
     let echo = spawn_echo_server().await;
-    let _device = start_device(relay.client(DEVICE).limits(limits), "pi", &[("echo", echo)]).await;
+    // Only the relay is configured: it announces its limits and both clients follow.
+    let _device = start_device(relay.client(DEVICE), "pi", &[("echo", echo)]).await;
     relay.wait_online("pi").await;
-    let dialer = connect_dialer(relay.client(USER).limits(limits)).await;
+    let dialer = connect_dialer(relay.client(USER)).await;
 
     // Hold streams open until an open fails; the bound keeps the loop finite.
     let mut held = Vec::new();

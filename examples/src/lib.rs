@@ -68,8 +68,9 @@ pub struct ClientArgs {
     /// Private key (PEM) of --cert.
     #[arg(long, value_name = "PEM", requires = "cert")]
     pub key: Option<PathBuf>,
-    /// Most concurrent streams on the session (default 128); use the relay's value.
-    #[arg(long, value_name = "N")]
+    /// Most concurrent streams on the session, for relays older than 0.2 only: newer relays
+    /// announce their limits and the client follows them.
+    #[arg(long, value_name = "N", hide = true)]
     pub max_streams: Option<usize>,
 }
 
@@ -83,7 +84,10 @@ impl ClientArgs {
         };
         let mut config = ClientConfig::new(self.relay.clone(), trust);
         if let Some(n) = self.max_streams {
-            config = config.limits(limits_for(n));
+            #[allow(deprecated)] // reason: still honoured with tunnel/1 relays, as documented
+            {
+                config = config.limits(Limits::for_streams(n));
+            }
         }
         if let Some(name) = &self.server_name {
             config = config.server_name(name.clone());
@@ -109,15 +113,6 @@ impl ClientArgs {
         }
         Ok(config)
     }
-}
-
-/// [`Limits`] for `max_streams` streams per session, with the smallest receive window that
-/// allows it (at least the default 64 MiB).
-pub fn limits_for(max_streams: usize) -> Limits {
-    let window = (max_streams * 2 * 256 * 1024).max(64 << 20);
-    Limits::default()
-        .max_streams(max_streams)
-        .receive_window(window)
 }
 
 /// Parses `name=value` pairs of repeated flags such as `--expose ssh=127.0.0.1:22`.

@@ -43,6 +43,15 @@ impl Limits {
         self.receive_window = bytes;
         self
     }
+    /// Limits for `n` concurrent streams per session, with the smallest receive window that
+    /// allows them (at least the default 64 MiB): the one constructor that derives the
+    /// window from the stream count.
+    pub fn for_streams(n: usize) -> Self {
+        let window = n
+            .saturating_mul(2 * YAMUX_STREAM_WINDOW)
+            .max(Self::default().receive_window);
+        Self::default().max_streams(n).receive_window(window)
+    }
     /// yamux's own limit: twice ours, since yamux counts streams whose handles were just
     /// dropped, and a peer over yamux's limit kills the session.
     pub(crate) fn yamux_streams(&self) -> usize {
@@ -117,6 +126,14 @@ mod tests {
             .validate()
             .unwrap();
         assert!(Limits::default().max_streams(0).validate().is_err());
+    }
+
+    #[test]
+    fn limits_for_a_stream_count_derive_a_window_that_validates() {
+        for n in [1, 128, 129, 1200, 4096] {
+            Limits::for_streams(n).validate().unwrap();
+        }
+        assert_eq!(Limits::for_streams(8), Limits::default().max_streams(8));
     }
 
     #[test]

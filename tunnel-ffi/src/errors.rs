@@ -4,8 +4,10 @@
 use std::any::Any;
 use std::io;
 
+use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use tunnel_core::{ConfigError, ConnectError, DialError, RefusalCode};
+use pyo3::types::PyType;
+use tunnel_core::{ConfigError, ConnectError, DialError, ErrorKind};
 
 use exc::*;
 
@@ -116,6 +118,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
     m.add("RelayError", py.get_type::<RelayError>())?;
     m.add("InternalError", py.get_type::<InternalError>())?;
+    m.add_function(wrap_pyfunction!(error_table, m)?)?;
     Ok(())
 }
 
@@ -127,38 +130,47 @@ pub(crate) fn config_msg(msg: impl Into<String>) -> PyErr {
     exc::ConfigError::new_err(msg.into())
 }
 
-pub(crate) fn connect(e: ConnectError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        ConnectError::Config(_) => exc::ConfigError::new_err(msg),
-        ConnectError::BadCertificate(_) | ConnectError::CertificateRejected(_) => {
-            CertificateError::new_err(msg)
-        }
-        ConnectError::Refused { code, .. } => match code {
-            RefusalCode::AuthFailed => AuthError::new_err(msg),
-            RefusalCode::DeviceIdDenied
-            | RefusalCode::DeviceIdTaken
-            | RefusalCode::PublicPortDenied => DeniedError::new_err(msg),
-            RefusalCode::Unavailable => UnavailableError::new_err(msg),
-            _ => exc::ConnectError::new_err(msg),
-        },
-        _ => exc::ConnectError::new_err(msg),
+/// The Python column of the status table (`tunnel-core`'s `protocol/status.rs`): the class
+/// raised for each [`ErrorKind`]. `test_errors.py` checks every row against
+/// [`ErrorKind::python_exception`] through [`error_table`].
+fn class(py: Python<'_>, kind: ErrorKind) -> Bound<'_, PyType> {
+    match kind {
+        ErrorKind::Config => py.get_type::<exc::ConfigError>(),
+        ErrorKind::Certificate => py.get_type::<CertificateError>(),
+        ErrorKind::AuthFailed => py.get_type::<AuthError>(),
+        ErrorKind::Denied => py.get_type::<DeniedError>(),
+        ErrorKind::DeviceOffline => py.get_type::<DeviceOfflineError>(),
+        ErrorKind::UnknownService => py.get_type::<UnknownServiceError>(),
+        ErrorKind::TargetRefused => py.get_type::<TargetRefusedError>(),
+        ErrorKind::Unavailable => py.get_type::<UnavailableError>(),
+        ErrorKind::ConnectionLost => py.get_type::<ConnectionLostError>(),
+        ErrorKind::Protocol => py.get_type::<ProtocolError>(),
+        ErrorKind::Io => py.get_type::<PyOSError>(),
+        // `Connect` and kinds a newer core may add.
+        _ => py.get_type::<exc::ConnectError>(),
     }
 }
 
+fn raise(kind: ErrorKind, msg: String) -> PyErr {
+    Python::attach(|py| PyErr::from_type(class(py, kind), msg))
+}
+
+pub(crate) fn connect(e: ConnectError) -> PyErr {
+    raise(e.kind(), e.to_string())
+}
+
 pub(crate) fn dial(e: DialError) -> PyErr {
-    let msg = e.to_string();
-    match e {
-        DialError::Connect(c) => connect(c),
-        DialError::Denied(_) => DeniedError::new_err(msg),
-        DialError::DeviceOffline(_) => DeviceOfflineError::new_err(msg),
-        DialError::UnknownService(_) => UnknownServiceError::new_err(msg),
-        DialError::TargetRefused(_) => TargetRefusedError::new_err(msg),
-        DialError::Unavailable(_) | DialError::Timeout => UnavailableError::new_err(msg),
-        DialError::InvalidName(_) => exc::ConfigError::new_err(msg),
-        DialError::ConnectionLost(_) => ConnectionLostError::new_err(msg),
-        _ => ProtocolError::new_err(msg),
-    }
+    raise(e.kind(), e.to_string())
+}
+
+/// `[(kind, exception name the core's table gives, class this module raises)]`, for the
+/// test that walks the whole table.
+#[pyfunction]
+pub(crate) fn error_table(py: Python<'_>) -> Vec<(String, &'static str, Bound<'_, PyType>)> {
+    ErrorKind::ALL
+        .iter()
+        .map(|&k| (format!("{k:?}"), k.python_exception(), class(py, k)))
+        .collect()
 }
 
 pub(crate) fn relay_msg(msg: String) -> PyErr {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tunnel_core::{
-    ConfigError, Grants, Identity, Pattern, TlsIdentity, Token, TokenAuthenticator, TokenFile,
+    ConfigError, Grants, Identity, TlsIdentity, Token, TokenAuthenticator, TokenFile,
 };
 
 use crate::{awaitable, block_on, errors, runtime};
@@ -48,14 +48,9 @@ fn authenticator(
                 "credential {name:?}: empty token"
             )));
         }
-        let mut grants = Grants::new().public(public);
-        for d in devices {
-            grants = grants.register(Pattern::new(&d).map_err(errors::config)?);
-        }
-        for a in access {
-            grants = grants.access_str(&a).map_err(errors::config)?;
-        }
-        auth.add(token.hash(), Identity::new(name, grants));
+        let grants = Grants::from_lists(&devices, &access, public).map_err(errors::config)?;
+        auth.insert(token.hash(), Identity::new(name, grants))
+            .map_err(errors::config)?;
     }
     if auth.is_empty() {
         return Err(errors::config_msg(
@@ -69,20 +64,10 @@ fn authenticator(
 /// saved there, as `tunnel-relay` does, so the files are interchangeable).
 fn self_signed(names: &[String], state_dir: Option<PathBuf>) -> Result<TlsIdentity, ConfigError> {
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let Some(dir) = state_dir else {
-        return TlsIdentity::generate_self_signed(&names);
-    };
-    let (cert, key) = (dir.join("relay.crt"), dir.join("relay.key"));
-    if cert.exists() && key.exists() {
-        return TlsIdentity::from_pem_files(&cert, &key);
+    match state_dir {
+        Some(dir) => TlsIdentity::load_or_generate(dir, &names).map(|(identity, _)| identity),
+        None => TlsIdentity::generate_self_signed(&names),
     }
-    std::fs::create_dir_all(&dir).map_err(|source| ConfigError::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let identity = TlsIdentity::generate_self_signed(&names)?;
-    identity.save_pem_files(&cert, &key)?;
-    Ok(identity)
 }
 
 fn secs(what: &str, s: f64) -> PyResult<Duration> {

@@ -87,7 +87,7 @@ struct ServeArgs {
     /// Seconds running streams get to finish on shutdown.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
-    /// Most concurrent streams per session (default 128); clients should use the same value.
+    /// Most concurrent streams per session (default 128); announced to clients, which follow.
     #[arg(long, value_name = "N")]
     max_streams: Option<usize>,
     #[command(flatten)]
@@ -176,7 +176,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .public_bind(args.public_bind);
     }
     if let Some(n) = args.max_streams {
-        builder = builder.limits(tunnel_examples::limits_for(n));
+        builder = builder.limits(tunnel_core::Limits::for_streams(n));
     }
     let relay = builder
         .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
@@ -205,19 +205,12 @@ fn load_identity(args: &CertArgs) -> anyhow::Result<TlsIdentity> {
     if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
         return Ok(TlsIdentity::from_pem_files(cert, key)?);
     }
-    let (cert, key) = (
-        args.state_dir.join("relay.crt"),
-        args.state_dir.join("relay.key"),
-    );
-    if cert.exists() && key.exists() {
-        return Ok(TlsIdentity::from_pem_files(&cert, &key)?);
-    }
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating {}", args.state_dir.display()))?;
     let names: Vec<&str> = args.cert_names.iter().map(String::as_str).collect();
-    let identity = TlsIdentity::generate_self_signed(&names)?;
-    identity.save_pem_files(&cert, &key)?;
-    tracing::info!(cert = %cert.display(), "generated a self-signed relay certificate");
+    let (identity, generated) = TlsIdentity::load_or_generate(&args.state_dir, &names)?;
+    if generated {
+        let dir = args.state_dir.display();
+        tracing::info!(%dir, "generated a self-signed relay certificate");
+    }
     Ok(identity)
 }
 

@@ -121,7 +121,6 @@ impl Grants {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,10 +152,16 @@ impl TokenAuthenticator {
     /// Adds a credential after checking its name: non-empty, at most 255 bytes, no control
     /// characters, and not already used by another credential (the name is the principal:
     /// two credentials with one name would own each other's device IDs).
-    pub fn insert(&mut self, hash: TokenHash, identity: Identity) -> Result<&mut Self, ConfigError> {
+    pub fn insert(
+        &mut self,
+        hash: TokenHash,
+        identity: Identity,
+    ) -> Result<&mut Self, ConfigError> {
         let name = identity.name();
         if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
-            return Err(ConfigError::Invalid(format!("bad credential name {name:?}")));
+            return Err(ConfigError::Invalid(format!(
+                "bad credential name {name:?}"
+            )));
         }
         if self.entries.iter().any(|(_, o)| o.name() == name) {
             return Err(ConfigError::Invalid(format!(

@@ -140,14 +140,14 @@ fn tls_error(e: std::io::Error) -> ConnectError {
         Some(
             r @ rustls::Error::AlertReceived(
                 A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateRevoked
-            | A::CertificateExpired
-            | A::CertificateUnknown
-            | A::UnsupportedCertificate
-            | A::CertificateRequired
-            | A::AccessDenied
-            | A::DecryptError,
+                | A::UnknownCA
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnsupportedCertificate
+                | A::CertificateRequired
+                | A::AccessDenied
+                | A::DecryptError,
             ),
         ) => ConnectError::CertificateRejected(r),
         _ => ConnectError::Tls(e),
@@ -163,4 +163,3 @@ fn protocol_error(e: protocol::FrameError) -> ConnectError {
         other => ConnectError::Protocol(other.to_string()),
     }
 }
-

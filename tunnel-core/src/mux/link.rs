@@ -38,7 +38,6 @@ pub(super) struct Link<T> {
     state: Arc<SessionState>,
 }
 
-
 impl<T> Link<T> {
     pub(super) fn new(io: T, state: Arc<SessionState>) -> Self {
         Self {

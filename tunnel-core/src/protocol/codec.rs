@@ -5,7 +5,9 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::status::{RefusalCode, StatusCode};
-use super::{DeviceEntry, FrameError, MAX_FRAME_LEN, MAX_SERVICES, MAX_TOKEN_LEN, Message, Role, WireLimits};
+use super::{
+    DeviceEntry, FrameError, MAX_FRAME_LEN, MAX_SERVICES, MAX_TOKEN_LEN, Message, Role, WireLimits,
+};
 use crate::auth::Token;
 
 impl Message {
@@ -222,7 +224,6 @@ impl Message {
 }
 
 /// Reads one frame of at most `max` bytes. The length is checked before anything is
-
 /// allocated, so a hostile length costs nothing.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     io: &mut R,
@@ -259,7 +260,6 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     io.flush().await?;
     Ok(())
 }
-
 
 struct Writer(Vec<u8>);
 

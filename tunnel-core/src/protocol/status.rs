@@ -272,8 +272,10 @@ mod tests {
 
     #[test]
     fn every_kind_names_a_distinct_python_exception() {
-        let names: std::collections::HashSet<_> =
-            ErrorKind::ALL.iter().map(|k| k.python_exception()).collect();
+        let names: std::collections::HashSet<_> = ErrorKind::ALL
+            .iter()
+            .map(|k| k.python_exception())
+            .collect();
         assert_eq!(names.len(), ErrorKind::ALL.len());
     }
 }

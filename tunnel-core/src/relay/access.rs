@@ -101,7 +101,9 @@ pub(super) async fn open(
 /// The devices `identity` may reach: those seen since start and those its grants name,
 /// sorted, cut to fit one frame.
 pub(super) async fn list(relay: &Inner, mut stream: Stream, identity: &Identity) {
-    let entries = relay.registry.visible_to(identity.grants(), protocol::MAX_FRAME_LEN);
+    let entries = relay
+        .registry
+        .visible_to(identity.grants(), protocol::MAX_FRAME_LEN);
     let msg = Message::DeviceList(entries);
     let _ = protocol::write_frame(&mut stream, &msg).await;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;

@@ -16,7 +16,10 @@ use crate::stream::Stream;
 
 /// Opens a stream to the device, sends the `Incoming` header and waits for its answer.
 /// Opening and answering share one [`STREAM_OPEN_TIMEOUT`], the caller's own deadline.
-pub(super) async fn ask_device(session: &Session, incoming: &Message) -> Result<Stream, (StatusCode, String)> {
+pub(super) async fn ask_device(
+    session: &Session,
+    incoming: &Message,
+) -> Result<Stream, (StatusCode, String)> {
     let unavailable = |m: String| (StatusCode::Unavailable, m);
     let answer = async {
         let mut stream = session.open().await.map_err(|e| Err(e.to_string()))?;

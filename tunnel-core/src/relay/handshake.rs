@@ -90,7 +90,11 @@ impl Inner {
     /// a `Refused` frame where the peer speaks our protocol, and logged without secrets.
     pub(super) async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Accepted> {
         let attempt = async {
-            let mut tls = self.tls.accept(tcp).await.map_err(|e| format!("tls: {e}"))?;
+            let mut tls = self
+                .tls
+                .accept(tcp)
+                .await
+                .map_err(|e| format!("tls: {e}"))?;
             let Some(version) = version_of(tls.get_ref().1.alpn_protocol()) else {
                 return Err("client did not negotiate ALPN tunnel/2 or tunnel/1".to_owned());
             };
@@ -189,14 +193,18 @@ impl Inner {
                 "source throttled after failed authentications",
             ));
         }
-        let identity = self.authenticator.authenticate(&request).await.map_err(|e| {
-            self.auth_failures.failed(source_key(peer.ip()));
-            HandshakeRefusal::new(
-                RefusalCode::AuthFailed,
-                "authentication failed",
-                &e.to_string(),
-            )
-        })?;
+        let identity = self
+            .authenticator
+            .authenticate(&request)
+            .await
+            .map_err(|e| {
+                self.auth_failures.failed(source_key(peer.ip()));
+                HandshakeRefusal::new(
+                    RefusalCode::AuthFailed,
+                    "authentication failed",
+                    &e.to_string(),
+                )
+            })?;
         if self.draining.is_cancelled() {
             return Err(HandshakeRefusal::new(
                 RefusalCode::Unavailable,

@@ -45,16 +45,15 @@ use crate::error::RelayError;
 use crate::protocol::Role;
 use crate::tls::{SpkiPin, TlsIdentity};
 pub use builder::RelayBuilder;
+use handshake::source_key;
 #[cfg(feature = "fuzzing")]
 pub(crate) use handshake::validate_hello;
-use handshake::source_key;
 use limit::KeyedLimit;
 use registry::Registry;
 use throttle::AuthThrottle;
 
 /// A TLS connection accepted by the relay.
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;
-
 
 /// The public server. Cheap to clone; [`Relay::serve`] runs it on a listener you bound.
 ///
