@@ -193,7 +193,7 @@ refusal_codes! {
 }
 
 /// Why a device refuses an incoming stream ([`Incoming::refuse`](crate::Incoming::refuse)):
-/// the subset of [`StatusCode`] a device may answer.
+/// the subset of the stream answers a device may send (see `PROTOCOL.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Refusal {
