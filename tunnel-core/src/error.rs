@@ -151,7 +151,9 @@ pub enum DialError {
 
 impl DialError {
     /// The error a caller gets for a stream answer, through the status table's kind.
+    /// The message is the peer's text, printed with control characters escaped.
     pub(crate) fn from_status(code: StatusCode, message: String) -> Self {
+        let message = crate::protocol::validate::printable(&message);
         match code.kind() {
             Some(ErrorKind::Denied) => Self::Denied(message),
             Some(ErrorKind::DeviceOffline) => Self::DeviceOffline(message),

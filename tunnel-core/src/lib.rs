@@ -26,7 +26,7 @@
 //! let token = Token::generate()?;
 //! let grants = Grants::new().register(Pattern::new("pi-42")?).access_str("pi-42/*")?;
 //! let mut auth = TokenAuthenticator::new();
-//! auth.add(token.hash(), Identity::new("demo", grants));
+//! auth.insert(token.hash(), Identity::new("demo", grants))?;
 //!
 //! // The relay, on a port the OS picks, with a generated certificate.
 //! let relay = Relay::builder(TlsIdentity::generate_self_signed(&["localhost"])?, auth).build()?;

@@ -63,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
 /// Prints `public SERVICE PORT` on stdout (for scripts) each time the relay binds a port.
 async fn print_public_ports(mut state: watch::Receiver<ListenerState>) {
     loop {
-        if let ListenerState::Connected { public } = &*state.borrow_and_update() {
+        if let ListenerState::Connected { public, .. } = &*state.borrow_and_update() {
             for (service, port) in public {
                 println!("public {service} {port}");
             }

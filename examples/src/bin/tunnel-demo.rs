@@ -36,14 +36,14 @@ async fn main() -> anyhow::Result<()> {
     let device_token = Token::generate()?;
     let laptop_token = Token::generate()?;
     let mut auth = TokenAuthenticator::new();
-    auth.add(
+    auth.insert(
         device_token.hash(),
         Identity::new("pi-42", Grants::new().register(Pattern::new("pi-42")?)),
-    );
-    auth.add(
+    )?;
+    auth.insert(
         laptop_token.hash(),
         Identity::new("laptop", Grants::new().access_str("pi-42/web")?),
-    );
+    )?;
 
     // 2. The relay, with a certificate generated on the fly.
     let relay = Relay::builder(TlsIdentity::generate_self_signed(&["localhost"])?, auth).build()?;

@@ -221,7 +221,7 @@ fn dev_authenticator() -> anyhow::Result<TokenAuthenticator> {
         .access(Pattern::new("*")?, Pattern::new("*")?)
         .public(true);
     let mut auth = TokenAuthenticator::new();
-    auth.add(token.hash(), Identity::new("dev", grants));
+    auth.insert(token.hash(), Identity::new("dev", grants))?;
     eprintln!("DEVELOPMENT RUN: one token may do everything. Do not expose this relay.");
     println!("dev-token {}", token.expose());
     Ok(auth)

@@ -50,7 +50,7 @@ impl Authenticator for CertAuthenticator {
             for (d, s) in &self.access {
                 grants = grants.access(d.clone(), s.clone());
             }
-            Ok(Identity::new(*first, grants))
+            Ok(Identity::new(*first, grants).with_principal(format!("cert:{first}")))
         })
     }
 }

@@ -49,24 +49,41 @@ pub struct AuthRequest {
 }
 
 /// The relay's verdict on a credential: a name for logs and for the device to see as the
-/// caller, and what it may do.
+/// caller, a principal that owns what the credential claims, and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     name: String,
+    principal: String,
     grants: Grants,
 }
 
 impl Identity {
-    /// An identity with these grants.
+    /// An identity with these grants, from an application's own [`Authenticator`]: its
+    /// principal is `app:<name>`, apart from the built-in authenticators' (`token:<name>`,
+    /// `cert:<name>`), so names from different authenticators never collide.
     pub fn new(name: impl Into<String>, grants: Grants) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            principal: format!("app:{name}"),
+            name,
             grants,
         }
     }
-    /// The identity's name.
+    /// The same identity under another principal, namespaced by authenticator. Use one
+    /// prefix per authenticator and keep names unique within it.
+    pub fn with_principal(mut self, principal: impl Into<String>) -> Self {
+        self.principal = principal.into();
+        self
+    }
+    /// The identity's name: what logs and devices see.
     pub fn name(&self) -> &str {
         &self.name
+    }
+    /// The stable key that owns device IDs and public ports and counts against
+    /// per-credential caps: `<authenticator>:<name>`. Two credentials with one principal
+    /// are one owner, so authenticators refuse duplicate names.
+    pub fn principal(&self) -> &str {
+        &self.principal
     }
     /// What the identity may do.
     pub fn grants(&self) -> &Grants {
@@ -142,7 +159,7 @@ pub(crate) mod tests {
     async fn first_of_falls_through_to_the_next_authenticator() {
         let good = Token::new("tun_ok");
         let mut tokens = TokenAuthenticator::new();
-        tokens.add(good.hash(), Identity::new("t", Grants::new()));
+        tokens.insert(good.hash(), Identity::new("t", Grants::new())).unwrap();
         let chain = FirstOf::new(vec![Box::new(CertAuthenticator::new()), Box::new(tokens)]);
         assert_eq!(
             chain

@@ -144,14 +144,20 @@ impl TokenAuthenticator {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Adds a credential.
+    /// Adds a credential without checking it.
+    #[deprecated(
+        since = "0.2.0",
+        note = "accepts a name already in use (two credentials with one name own each other's device IDs); use `insert`"
+    )]
     pub fn add(&mut self, hash: TokenHash, identity: Identity) -> &mut Self {
-        self.entries.push((hash, identity));
+        let principal = format!("token:{}", identity.name());
+        self.entries.push((hash, identity.with_principal(principal)));
         self
     }
-    /// Adds a credential after checking its name: non-empty, at most 255 bytes, no control
-    /// characters, and not already used by another credential (the name is the principal:
-    /// two credentials with one name would own each other's device IDs).
+    /// Adds a credential after checking it: a name that is non-empty, at most 255 bytes,
+    /// without control characters and not already used (the name makes the principal
+    /// `token:<name>`: two credentials with one name would own each other's device IDs and
+    /// evict each other's sessions), and a token no other credential has.
     pub fn insert(
         &mut self,
         hash: TokenHash,
@@ -168,7 +174,14 @@ impl TokenAuthenticator {
                 "credential name {name:?} used twice"
             )));
         }
-        Ok(self.add(hash, identity))
+        if self.entries.iter().any(|(h, _)| h.ct_eq(&hash)) {
+            return Err(ConfigError::Invalid(format!(
+                "credential {name:?} reuses another credential's token"
+            )));
+        }
+        let principal = format!("token:{name}");
+        self.entries.push((hash, identity.with_principal(principal)));
+        Ok(self)
     }
     /// Builds from a parsed token file, validating every name, pattern and hash.
     pub fn from_token_file(file: &TokenFile) -> Result<Self, ConfigError> {
@@ -235,7 +248,7 @@ mod tests {
     async fn token_authenticator_accepts_known_tokens_and_rejects_the_rest() {
         let good = Token::generate().unwrap();
         let mut auth = TokenAuthenticator::new();
-        auth.add(good.hash(), Identity::new("pi", Grants::new()));
+        auth.insert(good.hash(), Identity::new("pi", Grants::new())).unwrap();
         assert_eq!(
             auth.authenticate(&request(Some(good.expose())))
                 .await

@@ -15,6 +15,7 @@ use crate::auth::Token;
 use crate::config::{Limits, MIN_HEARTBEAT};
 use crate::error::ConnectError;
 use crate::mux::{Inbound, Opener, Session};
+use crate::protocol::validate::printable;
 use crate::protocol::{self, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, Role, version_of};
 
 /// An established session with the relay.
@@ -23,6 +24,8 @@ pub(crate) struct Connected {
     pub(crate) inbound: Inbound,
     pub(crate) identity: String,
     pub(crate) public: Vec<(String, u16)>,
+    /// Public ports asked for and left out by the relay, `(service, why)`.
+    pub(crate) public_failed: Vec<(String, String)>,
 }
 
 /// What the client asks for in its hello.
@@ -84,9 +87,11 @@ pub(crate) async fn connect(
                 identity,
                 public,
                 limits,
-            } => Ok((tls, heartbeat_ms, identity, public, limits)),
+                public_failed,
+            } => Ok((tls, heartbeat_ms, identity, public, (limits, public_failed))),
             Message::Refused { code, message } => {
                 let _ = tls.shutdown().await;
+                let message = printable(&message);
                 Err(ConnectError::Refused { code, message })
             }
             other => Err(ConnectError::Protocol(format!(
@@ -95,7 +100,7 @@ pub(crate) async fn connect(
             ))),
         }
     };
-    let (tls, heartbeat_ms, identity, public, announced) =
+    let (tls, heartbeat_ms, identity, public, (announced, public_failed)) =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .instrument(span.clone())
             .await
@@ -121,6 +126,10 @@ pub(crate) async fn connect(
         inbound,
         identity,
         public,
+        public_failed: public_failed
+            .into_iter()
+            .map(|(service, why)| (service, printable(&why)))
+            .collect(),
     })
 }
 

@@ -86,9 +86,15 @@ impl DeviceConfig {
 #[non_exhaustive]
 pub enum ListenerState {
     /// Registered with the relay; `public` lists the published `(service, port)` pairs.
+    /// Match it with `Connected { public, .. }`: more fields may come.
+    #[non_exhaustive]
     Connected {
         /// Public ports the relay bound for this device.
         public: Vec<(String, u16)>,
+        /// Public ports asked for that the relay left out, `(service, why)`: busy, reserved
+        /// for another device, or over the credential's cap. The device is registered and
+        /// reachable privately either way. Always empty with relays older than 0.2.
+        public_failed: Vec<(String, String)>,
     },
     /// Not connected; retrying. `last_error` says why the last attempt or session failed.
     Reconnecting {
@@ -150,6 +156,7 @@ impl Listener {
         let initial = match &first {
             Ok(c) => ListenerState::Connected {
                 public: c.public.clone(),
+                public_failed: c.public_failed.clone(),
             },
             Err(e) => ListenerState::Reconnecting {
                 last_error: e.to_string(),
@@ -204,7 +211,7 @@ impl Listener {
         let wait = rx.wait_for(|s| !matches!(s, ListenerState::Reconnecting { .. }));
         match tokio::time::timeout(timeout, wait).await {
             Ok(Ok(s)) => match &*s {
-                ListenerState::Connected { public } => Ok(public.clone()),
+                ListenerState::Connected { public, .. } => Ok(public.clone()),
                 _ => Err(ConnectError::Closed),
             },
             _ => Err(ConnectError::Timeout),
@@ -292,8 +299,12 @@ impl Supervisor {
             match conn {
                 Ok(c) => {
                     info!(identity = c.identity, public = ?c.public, "registered with the relay");
+                    for (service, why) in &c.public_failed {
+                        warn!(service, why, "public port left out by the relay");
+                    }
                     self.state.send_replace(ListenerState::Connected {
                         public: c.public.clone(),
+                        public_failed: c.public_failed.clone(),
                     });
                     let started = tokio::time::Instant::now();
                     let reason = self.serve(c).await;

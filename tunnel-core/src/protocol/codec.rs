@@ -43,6 +43,7 @@ impl Message {
                 identity,
                 public,
                 limits,
+                public_failed,
             } => {
                 w.u8(0x02);
                 w.0.extend_from_slice(&heartbeat_ms.to_be_bytes());
@@ -56,6 +57,11 @@ impl Message {
                 if let Some(l) = limits {
                     w.u16(l.max_streams);
                     w.0.extend_from_slice(&l.receive_window.to_be_bytes());
+                    w.count8(public_failed.len())?;
+                    for (service, why) in public_failed {
+                        w.str8(service)?;
+                        w.str8_lossy(why);
+                    }
                 }
             }
             Self::Refused { code, message } => {
@@ -155,19 +161,27 @@ impl Message {
                 for _ in 0..n {
                     public.push((r.str8()?, r.u16()?));
                 }
+                let mut public_failed = Vec::new();
                 let limits = if r.0.is_empty() {
                     None
                 } else {
-                    Some(WireLimits {
+                    let limits = WireLimits {
                         max_streams: r.u16()?,
                         receive_window: u32::from_be_bytes(r.array()?),
-                    })
+                    };
+                    let n = r.count8()?;
+                    public_failed.reserve(n);
+                    for _ in 0..n {
+                        public_failed.push((r.str8()?, r.str8()?));
+                    }
+                    Some(limits)
                 };
                 Self::Welcome {
                     heartbeat_ms,
                     identity,
                     public,
                     limits,
+                    public_failed,
                 }
             }
             0x03 => Self::Refused {
@@ -385,6 +399,7 @@ mod tests {
                     identity: "pi".into(),
                     public: vec![],
                     limits: None,
+                    public_failed: vec![],
                 },
                 "0009020000138802706900",
             ),
@@ -397,8 +412,9 @@ mod tests {
                         max_streams: 128,
                         receive_window: 64 << 20,
                     }),
+                    public_failed: vec![("web".into(), "busy".into())],
                 },
-                "000f020000138802706900 0080 04000000",
+                "0019020000138802706900 0080 04000000 01 03776562 0462757379",
             ),
             (
                 Message::Refused {

@@ -127,6 +127,9 @@ pub(crate) enum Message {
         /// Version 2 only: the session limits the client must use. Absent in version 1,
         /// where both ends fall back to their configured [`Limits`](crate::Limits).
         limits: Option<WireLimits>,
+        /// Version 2 only (encoded after `limits`, and only with it): public ports asked
+        /// for and left out, `(service, why)`; the session goes on without them.
+        public_failed: Vec<(String, String)>,
     },
     /// 0x03, relay → client: refused; the relay closes the connection after this frame.
     Refused { code: RefusalCode, message: String },

@@ -46,17 +46,25 @@ fn message() -> impl Strategy<Value = Message> {
             any::<u32>(),
             text(60),
             ports(),
-            proptest::option::of((any::<u16>(), any::<u32>()))
+            proptest::option::of((any::<u16>(), any::<u32>(), vec((name(), text(60)), 0..4)))
         )
-            .prop_map(|(heartbeat_ms, identity, public, limits)| {
+            .prop_map(|(heartbeat_ms, identity, public, v2)| {
+                let (limits, public_failed) = match v2 {
+                    Some((max_streams, receive_window, failed)) => (
+                        Some(WireLimits {
+                            max_streams,
+                            receive_window,
+                        }),
+                        failed,
+                    ),
+                    None => (None, vec![]),
+                };
                 Message::Welcome {
                     heartbeat_ms,
                     identity,
                     public,
-                    limits: limits.map(|(max_streams, receive_window)| WireLimits {
-                        max_streams,
-                        receive_window,
-                    }),
+                    limits,
+                    public_failed,
                 }
             }),
         (any::<u8>(), text(80)).prop_map(|(c, message)| Message::Refused {

@@ -12,6 +12,24 @@ pub(crate) fn is_valid_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Text a peer sent for a human (a refusal or status message, a reason), made safe to print
+/// on a terminal or in a log line: control characters (newlines, `ESC`) are escaped, so a
+/// peer cannot forge log lines or drive the user's terminal.
+pub(crate) fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// What is wrong with a device's declaration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum BadDeclaration {
@@ -68,6 +86,16 @@ mod tests {
         for bad in ["", "a b", "a/b", "127.0.0.1:22", &"x".repeat(64), "é", "*"] {
             assert!(!is_valid_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn peer_text_is_printed_with_its_control_characters_escaped() {
+        assert_eq!(printable("port 1: busy"), "port 1: busy");
+        assert_eq!(
+            printable("x\n2026 INFO forged\u{1b}]0;pwned\u{7}"),
+            "x\\n2026 INFO forged\\u{1b}]0;pwned\\u{7}"
+        );
+        assert_eq!(printable("é✓"), "é✓");
     }
 
     #[test]

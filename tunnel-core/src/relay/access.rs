@@ -22,7 +22,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         version,
         slot: _slot,
     } = accepted;
-    if let Err(e) = send_welcome(&mut tls, &welcome(&relay, &identity, vec![], version)).await {
+    if let Err(e) = send_welcome(&mut tls, &welcome(&relay, &identity, vec![], vec![], version)).await {
         return info!(reason = e, "access session not started");
     }
     let (session, inbound, unstarted) = prepare(&relay, hello.role);

@@ -29,6 +29,9 @@ const DEFAULT_MAX_HANDSHAKES: usize = 512;
 /// Default cap on concurrent sessions of one identity: a leaked or stolen credential must
 /// not hold unbounded relay memory (each session may buffer up to its receive window).
 const DEFAULT_MAX_SESSIONS_PER_IDENTITY: usize = 64;
+/// Default cap on the public ports one credential may own: a device publishes a handful of
+/// services; a credential must not reserve a whole range for itself.
+const DEFAULT_MAX_PUBLIC_PORTS: usize = 16;
 /// Default cap on connections in TLS or hello from one IP address.
 const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
 
@@ -40,6 +43,7 @@ pub struct RelayBuilder {
     client_roots: Option<Arc<RootCertStore>>,
     public_ports: Option<RangeInclusive<u16>>,
     public_bind: IpAddr,
+    max_public_ports: usize,
     heartbeat: Duration,
     limits: Limits,
     grace: Duration,
@@ -58,6 +62,7 @@ impl RelayBuilder {
             client_roots: None,
             public_ports: None,
             public_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            max_public_ports: DEFAULT_MAX_PUBLIC_PORTS,
             heartbeat: DEFAULT_HEARTBEAT,
             limits: Limits::default(),
             grace: DEFAULT_GRACE,
@@ -89,6 +94,13 @@ impl RelayBuilder {
     /// Address public ports bind to (default `0.0.0.0`).
     pub fn public_bind(mut self, addr: IpAddr) -> Self {
         self.public_bind = addr;
+        self
+    }
+    /// Most public ports one credential may own at once (default 16), across its devices
+    /// and while they are offline (ports stay reserved for the device that bound them).
+    /// Ports asked for past this are left out and reported to the device.
+    pub fn max_public_ports_per_credential(mut self, n: usize) -> Self {
+        self.max_public_ports = n;
         self
     }
     /// How often clients must ping (default 5 s). A silent peer is dropped after three
@@ -172,6 +184,7 @@ impl RelayBuilder {
                 authenticator: self.authenticator,
                 public_ports: self.public_ports,
                 public_bind: self.public_bind,
+                max_public_ports: self.max_public_ports,
                 heartbeat: self.heartbeat,
                 limits: self.limits,
                 grace: self.grace,

@@ -30,7 +30,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         let msg = format!("credential may not register as device {device}");
         return refuse(&mut tls, RefusalCode::DeviceIdDenied, &msg).await;
     }
-    match relay.registry.claim(&device, identity.name()) {
+    match relay.registry.claim(&device, identity.principal()) {
         Claim::Taken => {
             warn!(
                 identity = identity.name(),
@@ -57,10 +57,14 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         }
         Claim::Granted(None) => {}
     }
-    let listeners = match public::bind_public(&relay, &identity, &hello.public).await {
-        Ok(l) => l,
+    let published = match public::bind_public(&relay, &identity, &device, &hello.public).await {
+        Ok(p) => p,
         Err((code, message)) => return refuse(&mut tls, code, &message).await,
     };
+    for (service, why) in &published.failed {
+        warn!(device, service, why, "public port left out");
+    }
+    let listeners = published.bound;
     let ports: Vec<(String, u16)> = listeners
         .iter()
         .map(|(s, l)| (s.clone(), public::port_of(l)))
@@ -82,7 +86,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         .collect();
     let entry = Online {
         generation,
-        identity: identity.name().to_owned(),
+        principal: identity.principal().to_owned(),
         services: hello.services,
         session: session.clone(),
         public_tasks,
@@ -101,7 +105,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
             return ours.evict().await;
         }
     }
-    let welcome = welcome(&relay, &identity, ports.clone(), version);
+    let welcome = welcome(&relay, &identity, ports.clone(), published.failed, version);
     if let Err(reason) = send_welcome(&mut tls, &welcome).await {
         info!(reason, "device not registered");
         unstarted.abandon();

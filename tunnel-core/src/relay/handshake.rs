@@ -214,7 +214,7 @@ impl Inner {
         }
         let slot = self
             .per_identity
-            .try_take(identity.name().to_owned())
+            .try_take(identity.principal().to_owned())
             .ok_or_else(|| {
                 let log = format!("{} holds too many sessions", identity.name());
                 HandshakeRefusal::new(

@@ -21,6 +21,7 @@ mod device;
 mod handshake;
 mod limit;
 mod meter;
+mod owners;
 mod public;
 mod registry;
 mod session;
@@ -79,6 +80,8 @@ struct Inner {
     authenticator: Arc<dyn Authenticator>,
     public_ports: Option<RangeInclusive<u16>>,
     public_bind: IpAddr,
+    /// Most public ports one credential may own at once.
+    max_public_ports: usize,
     heartbeat: Duration,
     limits: Limits,
     grace: Duration,
@@ -123,6 +126,14 @@ impl Relay {
     /// IDs of the devices online right now, sorted.
     pub fn online_devices(&self) -> Vec<String> {
         self.inner.registry.online_ids()
+    }
+
+    /// Releases a device ID: forgets which credential owns it and its public ports, and
+    /// that it was seen, so that another credential (with a grant for it) may register it.
+    /// This is how an operator moves a device to a new credential; a live session of the
+    /// device is not closed. Returns whether there was anything to forget.
+    pub fn release_device(&self, device: &str) -> bool {
+        self.inner.registry.release(device)
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then stops accepting,

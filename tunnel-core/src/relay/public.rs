@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{Instrument, info, info_span, warn};
 
+use super::owners::PortOwner;
 use super::{Inner, bridge};
 use crate::auth::Identity;
+use crate::util::lock;
 use crate::mux::Session;
 use crate::protocol::{Message, RefusalCode};
 
@@ -16,55 +18,136 @@ pub(super) fn port_of(listener: &TcpListener) -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or(0)
 }
 
-/// Binds the requested public ports, if the relay and the credential allow them.
+/// A device's public ports after registration: those bound, and those it asked for but
+/// cannot have now, with why. A port that cannot be had never refuses the session.
+pub(super) struct Published {
+    pub(super) bound: Vec<(String, TcpListener)>,
+    pub(super) failed: Vec<(String, String)>,
+}
+
+/// Binds the public ports a device asked for. Refuses the session only when the request is
+/// not allowed at all (no range on this relay, no grant, a port outside the range), which
+/// is the operator's decision. A port that is busy, reserved for another device, or over
+/// the credential's cap is left out and reported in [`Published::failed`].
+///
+/// Ports are owned: a port a device bound stays reserved for it (principal and device ID)
+/// while it is offline, and a device that asks for "any port" gets its own back first.
 pub(super) async fn bind_public(
     relay: &Inner,
     identity: &Identity,
+    device: &str,
     wanted: &[(String, u16)],
-) -> Result<Vec<(String, TcpListener)>, (RefusalCode, String)> {
-    // Not allowed: permanent. Allowed but busy: `Unavailable`, the device retries.
-    let denied = |m: String| (RefusalCode::PublicPortDenied, m);
-    let busy = |m: String| (RefusalCode::Unavailable, m);
+) -> Result<Published, (RefusalCode, String)> {
+    let mut published = Published {
+        bound: Vec::new(),
+        failed: Vec::new(),
+    };
     if wanted.is_empty() {
-        return Ok(vec![]);
+        lock(&relay.registry.owners).release_ports_except(device, &[]);
+        return Ok(published);
     }
+    let denied = |m: String| (RefusalCode::PublicPortDenied, m);
     let Some(range) = relay.public_ports.clone() else {
         return Err(denied("this relay publishes no ports".into()));
     };
     if !identity.grants().may_publish() {
         return Err(denied("this credential may not publish ports".into()));
     }
-    let mut bound = Vec::new();
-    for (service, port) in wanted {
-        let listener = if *port == 0 {
-            let mut found = None;
-            for p in range.clone() {
-                if let Ok(l) = TcpListener::bind((relay.public_bind, p)).await {
-                    found = Some(l);
-                    break;
-                }
-            }
-            found.ok_or_else(|| {
-                busy(format!(
-                    "no free port left in {}-{}",
-                    range.start(),
-                    range.end()
-                ))
-            })?
-        } else if range.contains(port) {
-            TcpListener::bind((relay.public_bind, *port))
-                .await
-                .map_err(|e| busy(format!("port {port}: {e}")))?
-        } else {
-            return Err(denied(format!(
-                "port {port} is outside the allowed range {}-{}",
-                range.start(),
-                range.end()
-            )));
-        };
-        bound.push((service.clone(), listener));
+    if let Some((_, port)) = wanted.iter().find(|(_, p)| *p != 0 && !range.contains(p)) {
+        return Err(denied(format!(
+            "port {port} is outside the allowed range {}-{}",
+            range.start(),
+            range.end()
+        )));
     }
-    Ok(bound)
+    let me = PortOwner {
+        principal: identity.principal().to_owned(),
+        device: device.to_owned(),
+    };
+    let mine = lock(&relay.registry.owners).ports_of_device(device);
+    for (service, port) in wanted {
+        let taken: Vec<u16> = published.bound.iter().map(|(_, l)| port_of(l)).collect();
+        let result = if *port == 0 {
+            // This device's own ports first (sticky), then any port nobody owns.
+            let candidates = mine
+                .iter()
+                .copied()
+                .chain(range.clone())
+                .filter(|p| !taken.contains(p));
+            bind_any(relay, &me, candidates).await
+        } else {
+            bind_one(relay, &me, *port, mine.contains(port)).await
+        };
+        match result {
+            Ok(listener) => {
+                lock(&relay.registry.owners).own_port(port_of(&listener), me.clone());
+                published.bound.push((service.clone(), listener));
+            }
+            Err(why) => published.failed.push((service.clone(), why.to_string())),
+        }
+    }
+    let kept: Vec<u16> = published.bound.iter().map(|(_, l)| port_of(l)).collect();
+    lock(&relay.registry.owners).release_ports_except(device, &kept);
+    Ok(published)
+}
+
+/// Why one public port cannot be had; reported to the device, never a refusal.
+#[derive(Debug, thiserror::Error)]
+enum PortError {
+    #[error("port {0} is reserved for another device")]
+    Reserved(u16),
+    #[error("this credential holds its limit of {0} public ports")]
+    Cap(usize),
+    #[error("port {port}: {source}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free port left in the allowed range")]
+    NoneFree,
+}
+
+/// Binds one asked-for port, unless another device owns it or the credential is at its cap.
+async fn bind_one(
+    relay: &Inner,
+    me: &PortOwner,
+    port: u16,
+    already_mine: bool,
+) -> Result<TcpListener, PortError> {
+    {
+        let owners = lock(&relay.registry.owners);
+        if owners.port_owner(port).is_some_and(|o| o != me) {
+            return Err(PortError::Reserved(port));
+        }
+        if !already_mine && owners.ports_of_principal(&me.principal) >= relay.max_public_ports {
+            return Err(PortError::Cap(relay.max_public_ports));
+        }
+    }
+    TcpListener::bind((relay.public_bind, port))
+        .await
+        .map_err(|source| PortError::Bind { port, source })
+}
+
+/// Binds the first port of `candidates` that nobody else owns and that is free.
+async fn bind_any(
+    relay: &Inner,
+    me: &PortOwner,
+    candidates: impl Iterator<Item = u16>,
+) -> Result<TcpListener, PortError> {
+    let mine = lock(&relay.registry.owners).ports_of_device(&me.device);
+    for port in candidates {
+        let free = lock(&relay.registry.owners).port_owner(port).is_none_or(|o| o == me);
+        if !free {
+            continue;
+        }
+        match bind_one(relay, me, port, mine.contains(&port)).await {
+            Ok(listener) => return Ok(listener),
+            Err(cap @ PortError::Cap(_)) => return Err(cap),
+            Err(_) => {}
+        }
+    }
+    Err(PortError::NoneFree)
 }
 
 /// Accepts connections on a public port and forwards each to the device.

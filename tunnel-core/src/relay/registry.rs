@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::owners::Owners;
 use crate::auth::Grants;
 use crate::mux::Session;
 use crate::protocol::DeviceEntry;
@@ -32,7 +33,8 @@ const MAX_FLAP_ENTRIES: usize = 10_000;
 /// A registered device session.
 pub(super) struct Online {
     pub(super) generation: u64,
-    pub(super) identity: String,
+    /// The principal of the credential that registered it.
+    pub(super) principal: String,
     pub(super) services: Vec<String>,
     pub(super) session: Session,
     /// Accept loops of this session's public ports; aborting them frees the ports.
@@ -61,7 +63,7 @@ pub(super) enum Claim {
     /// Free, or previously held by the same identity (the old session is returned to be
     /// evicted: it is often a NAT zombie).
     Granted(Option<Online>),
-    /// Held right now by another identity.
+    /// Held right now, or owned while offline, by another principal.
     Taken,
     /// Held by a live session of the same identity that has been replaced too often
     /// lately: two agents share a credential and a device ID.
@@ -82,6 +84,9 @@ pub(super) struct Registry {
     offline: Mutex<Offline>,
     /// Device → (start of the counting window, live replacements in it).
     flaps: Mutex<HashMap<String, (Instant, u32)>>,
+    /// Owners of device IDs and public ports, kept while they are offline. Locked after
+    /// `online` where both are held.
+    pub(super) owners: Mutex<Owners>,
     next_generation: AtomicU64,
 }
 
@@ -90,11 +95,18 @@ impl Registry {
         self.next_generation.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Takes the device ID for `identity`, removing a stale session of the same identity.
-    pub(super) fn claim(&self, device: &str, identity: &str) -> Claim {
+    /// Takes the device ID for `principal`, removing a stale session of the same principal.
+    /// An ID another principal owns is refused even while its owner is offline.
+    pub(super) fn claim(&self, device: &str, principal: &str) -> Claim {
         let mut online = lock(&self.online);
+        if lock(&self.owners)
+            .device_owner(device)
+            .is_some_and(|owner| owner != principal)
+        {
+            return Claim::Taken;
+        }
         match online.get(device) {
-            Some(held) if held.identity != identity && !held.session.is_closed() => Claim::Taken,
+            Some(held) if held.principal != principal && !held.session.is_closed() => Claim::Taken,
             Some(held) if !held.session.is_closed() && self.flapping(device) => Claim::Flapping,
             Some(_) => Claim::Granted(online.remove(device)),
             None => Claim::Granted(None),
@@ -119,17 +131,23 @@ impl Registry {
         false
     }
 
-    /// Registers a session; returns a session that raced in meanwhile, to be evicted.
-    /// Registers a session. Returns `Err(entry)` if another identity took the ID while this
-    /// session was being set up; otherwise a same-identity session that raced in, to evict.
+    /// Registers a session and records its principal as the device ID's owner. Returns
+    /// `Err(entry)` if another principal took the ID while this session was being set up;
+    /// otherwise a same-principal session that raced in, to evict.
     pub(super) fn insert(&self, device: &str, entry: Online) -> Result<Option<Online>, Online> {
         let mut online = lock(&self.online);
-        if online
+        let mut owners = lock(&self.owners);
+        let live_other = online
             .get(device)
-            .is_some_and(|held| held.identity != entry.identity && !held.session.is_closed())
-        {
+            .is_some_and(|held| held.principal != entry.principal && !held.session.is_closed());
+        let owned_other = owners
+            .device_owner(device)
+            .is_some_and(|owner| owner != entry.principal);
+        if live_other || owned_other {
             return Err(entry);
         }
+        owners.own_device(device, &entry.principal);
+        drop(owners);
         lock(&self.offline).0.remove(device);
         Ok(online.insert(device.to_owned(), entry))
     }
@@ -226,6 +244,19 @@ impl Registry {
             .count();
         entries.truncate(fits);
         entries
+    }
+
+    /// Forgets who owns `device` (and its public ports) and that it was ever seen, so that
+    /// another credential may register it. A live session of the device is not touched.
+    pub(super) fn release(&self, device: &str) -> bool {
+        let released = lock(&self.owners).release_device(device);
+        let mut offline = lock(&self.offline);
+        let (map, order) = &mut *offline;
+        let forgotten = map.remove(device).is_some();
+        if forgotten {
+            order.retain(|d| d != device);
+        }
+        released || forgotten
     }
 
     /// Removes every online session, for shutdown.

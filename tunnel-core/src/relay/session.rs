@@ -110,18 +110,22 @@ async fn control(mut stream: Stream, beats: Arc<watch::Sender<Instant>>) {
 }
 
 /// The welcome for an accepted connection: the heartbeat interval, the identity, the public
-/// ports bound and, from protocol version 2, the limits the client must use.
+/// ports bound and, from protocol version 2, the limits the client must use and the public
+/// ports left out with why.
 pub(super) fn welcome(
     relay: &Inner,
     identity: &Identity,
     public: Vec<(String, u16)>,
+    public_failed: Vec<(String, String)>,
     version: u8,
 ) -> Message {
+    let v2 = version >= 2;
     Message::Welcome {
         heartbeat_ms: u32::try_from(relay.heartbeat.as_millis()).unwrap_or(u32::MAX),
         identity: identity.name().to_owned(),
         public,
-        limits: (version >= 2).then(|| relay.limits.to_wire()),
+        limits: v2.then(|| relay.limits.to_wire()),
+        public_failed: if v2 { public_failed } else { vec![] },
     }
 }
 
