@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::RootCertStore;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::limit::KeyedLimit;
+use super::preauth::PreAuth;
 use super::registry::Registry;
 use super::throttle::{AuthThrottle, DEFAULT_AUTH_FAILURE_BURST, DEFAULT_AUTH_FAILURE_REFILL};
 use super::{Inner, Relay};
@@ -34,6 +34,9 @@ const DEFAULT_MAX_SESSIONS_PER_IDENTITY: usize = 64;
 const DEFAULT_MAX_PUBLIC_PORTS: usize = 16;
 /// Default cap on connections in TLS or hello from one IP address.
 const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
+/// Default cap on connections in TLS or hello from one network (IPv4 /24, IPv6 /56):
+/// an attacker with a few neighbouring addresses holds a quarter of the relay at most.
+const DEFAULT_MAX_HANDSHAKES_PER_NETWORK: usize = 128;
 
 /// Builds a [`Relay`]. The TLS identity and the authenticator are required up front, so a
 /// relay without authentication cannot be built.
@@ -49,6 +52,7 @@ pub struct RelayBuilder {
     grace: Duration,
     max_handshakes: usize,
     max_handshakes_per_ip: usize,
+    max_handshakes_per_network: usize,
     max_sessions_per_identity: usize,
     auth_failure_burst: u32,
     auth_failure_refill: Duration,
@@ -68,6 +72,7 @@ impl RelayBuilder {
             grace: DEFAULT_GRACE,
             max_handshakes: DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_ip: DEFAULT_MAX_HANDSHAKES_PER_IP,
+            max_handshakes_per_network: DEFAULT_MAX_HANDSHAKES_PER_NETWORK,
             max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
             auth_failure_burst: DEFAULT_AUTH_FAILURE_BURST,
             auth_failure_refill: DEFAULT_AUTH_FAILURE_REFILL,
@@ -120,10 +125,19 @@ impl RelayBuilder {
         self
     }
     /// Caps connections still in their handshake: relay-wide (default 512) and per source
-    /// IP (default 32). Connections over a cap are closed at once.
+    /// IP (default 32; an IPv6 /64 counts as one). A connection over its source's cap is
+    /// closed at once; when the relay-wide cap is full, the oldest handshake of the network
+    /// holding the most is closed to make room instead (sources that authenticated in the
+    /// last 10 minutes are never the ones closed).
     pub fn max_handshakes(mut self, total: usize, per_ip: usize) -> Self {
         self.max_handshakes = total;
         self.max_handshakes_per_ip = per_ip;
+        self
+    }
+    /// Caps connections still in their handshake per source network, IPv4 /24 or IPv6 /56
+    /// (default 128). Sources that authenticated in the last 10 minutes are not counted.
+    pub fn max_handshakes_per_network(mut self, n: usize) -> Self {
+        self.max_handshakes_per_network = n;
         self
     }
     /// Caps the concurrent sessions of one identity (default 64); more are refused as
@@ -161,6 +175,7 @@ impl RelayBuilder {
         }
         if self.max_handshakes == 0
             || self.max_handshakes_per_ip == 0
+            || self.max_handshakes_per_network == 0
             || self.max_sessions_per_identity == 0
         {
             return Err(ConfigError::Invalid(
@@ -189,8 +204,11 @@ impl RelayBuilder {
                 limits: self.limits,
                 grace: self.grace,
                 registry: Registry::default(),
-                handshakes: Arc::new(Semaphore::new(self.max_handshakes)),
-                per_source: KeyedLimit::new(self.max_handshakes_per_ip),
+                preauth: Arc::new(PreAuth::new(
+                    self.max_handshakes,
+                    self.max_handshakes_per_ip,
+                    self.max_handshakes_per_network,
+                )),
                 per_identity: KeyedLimit::new(self.max_sessions_per_identity),
                 auth_failures: AuthThrottle::new(self.auth_failure_burst, self.auth_failure_refill),
                 draining: CancellationToken::new(),

@@ -2,14 +2,15 @@
 //! authentication, all under [`HANDSHAKE_TIMEOUT`]. A peer that fails here never reaches
 //! yamux; one that speaks the protocol is told why in a `Refused` frame.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::info;
 
 use super::limit::Slot;
+pub(super) use super::preauth::source_key;
 use super::{Inner, Tls};
 use crate::auth::{AuthRequest, Identity};
 use crate::protocol::validate::check_declaration;
@@ -69,27 +70,24 @@ impl HandshakeRefusal {
     }
 }
 
-/// A slot in the handshake caps, released when the handshake ends either way.
-pub(super) struct HandshakePermit {
-    _global: OwnedSemaphorePermit,
-    _source: Slot<IpAddr>,
-}
+/// Deadline for the first byte of the TLS ClientHello after the TCP accept: a real client
+/// sends it at once (one round trip covers even a satellite link); a connection that stays
+/// silent is a slot held by someone who is not trying to log in.
+pub(super) const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Inner {
-    /// Takes a slot in the relay-wide and per-source handshake caps, if both have room.
-    pub(super) fn handshake_permit(&self, ip: IpAddr) -> Option<HandshakePermit> {
-        let global = self.handshakes.clone().try_acquire_owned().ok()?;
-        let source = self.per_source.try_take(source_key(ip))?;
-        Some(HandshakePermit {
-            _global: global,
-            _source: source,
-        })
-    }
-
-    /// TLS, ALPN, hello and authentication, under one deadline. Failures are answered with
-    /// a `Refused` frame where the peer speaks our protocol, and logged without secrets.
+    /// TLS, ALPN, hello and authentication, under one deadline (and the first TLS byte
+    /// under a shorter one). Failures are answered with a `Refused` frame where the peer
+    /// speaks our protocol, and logged without secrets.
     pub(super) async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Accepted> {
         let attempt = async {
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await {
+                Ok(Ok(1..)) => {}
+                Ok(Ok(0)) => return Err("closed before sending anything".to_owned()),
+                Ok(Err(e)) => return Err(format!("tcp: {e}")),
+                Err(_) => return Err("no TLS byte within the first-byte deadline".to_owned()),
+            }
             let mut tls = self
                 .tls
                 .accept(tcp)
@@ -205,6 +203,7 @@ impl Inner {
                     &e.to_string(),
                 )
             })?;
+        self.preauth.authenticated(peer.ip());
         if self.draining.is_cancelled() {
             return Err(HandshakeRefusal::new(
                 RefusalCode::Unavailable,
@@ -237,18 +236,6 @@ pub(super) async fn refuse(tls: &mut Tls, code: RefusalCode, message: &str) {
     let _ = tls.shutdown().await;
 }
 
-/// The key of the per-source handshake cap: the address for IPv4, the /64 prefix for
-/// IPv6 (one subscriber usually holds a whole /64 and could spread over it).
-pub(super) fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-        v4 => v4,
-    }
-}
-
 /// Decodes-and-validates path of a hello, for the fuzz targets.
 #[cfg(feature = "fuzzing")]
 pub(crate) fn validate_hello(msg: Message) -> Result<(), String> {
@@ -269,21 +256,4 @@ pub(crate) fn validate_hello(msg: Message) -> Result<(), String> {
         public,
     }
     .validate()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn handshake_caps_count_an_ipv6_slash_64_as_one_source() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_key(a), source_key(b));
-        assert_ne!(source_key(a), source_key(c));
-        let v4: IpAddr = "192.0.2.7".parse().unwrap();
-        assert_eq!(source_key(v4), v4);
-        assert_eq!(source_key("::ffff:192.0.2.7".parse().unwrap()), v4);
-    }
 }

@@ -22,6 +22,7 @@ mod handshake;
 mod limit;
 mod meter;
 mod owners;
+mod preauth;
 mod public;
 mod registry;
 mod session;
@@ -34,7 +35,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +50,7 @@ use handshake::source_key;
 #[cfg(feature = "fuzzing")]
 pub(crate) use handshake::validate_hello;
 use limit::KeyedLimit;
+use preauth::PreAuth;
 use registry::Registry;
 use throttle::AuthThrottle;
 
@@ -86,9 +87,8 @@ struct Inner {
     limits: Limits,
     grace: Duration,
     registry: Registry,
-    handshakes: Arc<Semaphore>,
-    /// Handshakes in progress per source (address, or /64 for IPv6).
-    per_source: KeyedLimit<IpAddr>,
+    /// Handshakes in progress, capped relay-wide, per source and per source network.
+    preauth: Arc<PreAuth>,
     /// Live sessions per identity name.
     per_identity: KeyedLimit<String>,
     /// Failed authentications per source, to slow down token guessing.
@@ -193,19 +193,25 @@ impl Relay {
             debug!(%peer, "too many failed authentications from this source; dropping");
             return;
         }
-        let Some(permit) = self.inner.handshake_permit(peer.ip()) else {
-            debug!(%peer, "too many handshakes in progress; dropping connection");
-            return;
+        let ticket = match self.inner.preauth.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                return debug!(%peer, ?why, "over a handshake cap; dropping connection");
+            }
         };
         let _ = tcp.set_nodelay(true);
         let inner = self.inner.clone();
         let span = info_span!("conn", %peer);
         self.inner.connections.spawn(
             async move {
-                let Some(accepted) = inner.handshake(tcp, peer).await else {
-                    return;
+                let accepted = tokio::select! {
+                    accepted = inner.handshake(tcp, peer) => accepted,
+                    () = ticket.cancelled.cancelled() => {
+                        return info!("handshake evicted to make room for a newcomer");
+                    }
                 };
-                drop(permit);
+                drop(ticket);
+                let Some(accepted) = accepted else { return };
                 match accepted.hello.role {
                     Role::Access => access::run(inner, accepted).await,
                     Role::Device => device::run(inner, accepted).await,
