@@ -7,10 +7,10 @@ use std::sync::Arc;
 use tracing::{Instrument, info, info_span};
 
 use super::handshake::Accepted;
-use super::session::{Ctx, prepare, send_welcome, serve, start, welcome};
+use super::session::{AccessCtx, Ctx, prepare, send_welcome, serve, start, welcome};
 use super::{Inner, bridge};
 use crate::auth::Identity;
-use crate::protocol::{self, Message, StatusCode};
+use crate::protocol::{self, Message, STREAM_OPEN_TIMEOUT, StatusCode};
 use crate::stream::Stream;
 
 /// Runs an access session until it ends: welcome, then serve its streams.
@@ -28,7 +28,8 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
     let (session, inbound, unstarted) = prepare(&relay, hello.role);
     start(unstarted, tls);
     info!(identity = identity.name(), "access session started");
-    serve(&relay, &session, inbound, &Ctx::Access(Arc::new(identity))).await;
+    let ctx = Ctx::Access(Arc::new(AccessCtx::new(identity)));
+    serve(&relay, &session, inbound, &ctx).await;
     info!("access session ended");
 }
 
@@ -89,7 +90,7 @@ pub(super) async fn open(
                 bridge::spawn_splice(relay, stream, device_stream);
             }
             Err((code, message)) => {
-                info!(?code, message, "device refused");
+                info!(?code, reason = ?message, "device refused");
                 reply(&mut stream, code, &message).await;
             }
         }
@@ -98,12 +99,19 @@ pub(super) async fn open(
     .await;
 }
 
-/// The devices `identity` may reach: those seen since start and those its grants name,
-/// sorted, cut to fit one frame.
-pub(super) async fn list(relay: &Inner, mut stream: Stream, identity: &Identity) {
+/// The devices the session's identity may reach: those seen since start and those its
+/// grants name, sorted, cut to fit one frame. One list at a time per session; a list that
+/// waits longer than the open deadline for its turn is answered `unavailable`.
+pub(super) async fn list(relay: &Inner, mut stream: Stream, ctx: &AccessCtx) {
+    let Ok(Ok(_turn)) = tokio::time::timeout(STREAM_OPEN_TIMEOUT, ctx.lists.acquire()).await
+    else {
+        let why = "too many device lists in flight on this session";
+        let _ = protocol::write_status(&mut stream, StatusCode::Unavailable, why).await;
+        return;
+    };
     let entries = relay
         .registry
-        .visible_to(identity.grants(), protocol::MAX_FRAME_LEN);
+        .visible_to(ctx.identity.grants(), protocol::MAX_FRAME_LEN);
     let msg = Message::DeviceList(entries);
     let _ = protocol::write_frame(&mut stream, &msg).await;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;

@@ -2,9 +2,16 @@
 //! `Incoming` header and its answer, under one deadline), then splice it to the caller's
 //! stream or public TCP connection in a tracked task that shutdown waits for.
 
-use tokio::time::Instant;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::{Instrument, info};
 
 use super::Inner;
@@ -57,12 +64,33 @@ pub(super) fn spawn_splice(relay: &Inner, mut access: Stream, mut device: Stream
         .spawn(task.instrument(tracing::Span::current()));
 }
 
-/// Joins a public TCP connection to a device stream; an abrupt end resets the TCP side.
-pub(super) fn spawn_splice_tcp(relay: &Inner, mut tcp: TcpStream, mut device: Stream) {
+/// Joins a public TCP connection to a device stream; an abrupt end resets the TCP side,
+/// and so does `idle` without a byte either way. `hold` (the connection's slots in the
+/// public caps) is released when the splice ends.
+pub(super) fn spawn_splice_tcp<H: Send + 'static>(
+    relay: &Inner,
+    tcp: TcpStream,
+    mut device: Stream,
+    idle: Duration,
+    hold: H,
+) {
     let task = async move {
-        if !join(&mut tcp, &mut device).await {
-            reset(tcp);
+        let activity = Arc::new(Activity::new());
+        let mut watched = Watched {
+            inner: tcp,
+            activity: activity.clone(),
+        };
+        let clean = tokio::select! {
+            clean = join(&mut watched, &mut device) => clean,
+            () = activity.idle_for(idle) => {
+                info!(?idle, "public connection idle; closing");
+                false
+            }
+        };
+        if !clean {
+            reset(watched.inner);
         }
+        drop(hold);
     };
     relay
         .streams
@@ -73,7 +101,7 @@ pub(super) fn spawn_splice_tcp(relay: &Inner, mut tcp: TcpStream, mut device: St
 /// drops both ends, which resets the yamux streams.
 async fn join<A>(a: &mut A, device: &mut Stream) -> bool
 where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
     match splice(a, device).await {
@@ -85,5 +113,74 @@ where
             info!(error = %e, "stream reset");
             false
         }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since `base`.
+struct Activity {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+    fn touch(&self) {
+        let ms = u64::try_from(self.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+    /// Completes once no byte has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            if last.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    }
+}
+
+/// A connection that notes every read and write in its [`Activity`].
+struct Watched<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if res.is_ready() {
+            self.activity.touch();
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write(cx, data);
+        if res.is_ready() {
+            self.activity.touch();
+        }
+        res
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -32,6 +32,14 @@ const DEFAULT_MAX_SESSIONS_PER_IDENTITY: usize = 64;
 /// Default cap on the public ports one credential may own: a device publishes a handful of
 /// services; a credential must not reserve a whole range for itself.
 const DEFAULT_MAX_PUBLIC_PORTS: usize = 16;
+/// Default cap on concurrent public connections from one source (address, IPv6 /64) to
+/// one device: a browser opens 6 to 8 per host; an idle-connection flood from one address
+/// stops here.
+const DEFAULT_PUBLIC_PER_SOURCE: usize = 16;
+/// Default idle timeout of a public connection: nothing moved either way for this long.
+/// Long enough for an idle ssh session between keystrokes and for long polls; short
+/// enough that abandoned connections give their slots back.
+const DEFAULT_PUBLIC_IDLE: Duration = Duration::from_secs(30 * 60);
 /// Default cap on connections in TLS or hello from one IP address.
 const DEFAULT_MAX_HANDSHAKES_PER_IP: usize = 32;
 /// Default cap on connections in TLS or hello from one network (IPv4 /24, IPv6 /56):
@@ -47,6 +55,8 @@ pub struct RelayBuilder {
     public_ports: Option<RangeInclusive<u16>>,
     public_bind: IpAddr,
     max_public_ports: usize,
+    public_per_source: usize,
+    public_idle: Duration,
     heartbeat: Duration,
     limits: Limits,
     grace: Duration,
@@ -67,6 +77,8 @@ impl RelayBuilder {
             public_ports: None,
             public_bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             max_public_ports: DEFAULT_MAX_PUBLIC_PORTS,
+            public_per_source: DEFAULT_PUBLIC_PER_SOURCE,
+            public_idle: DEFAULT_PUBLIC_IDLE,
             heartbeat: DEFAULT_HEARTBEAT,
             limits: Limits::default(),
             grace: DEFAULT_GRACE,
@@ -106,6 +118,15 @@ impl RelayBuilder {
     /// Ports asked for past this are left out and reported to the device.
     pub fn max_public_ports_per_credential(mut self, n: usize) -> Self {
         self.max_public_ports = n;
+        self
+    }
+    /// Public connections to one device: at most `per_source` at once from one source
+    /// address (IPv6 /64; default 16), and each closed after `idle` without a byte either
+    /// way (default 30 min). Public connections also hold at most half of a device
+    /// session's stream slots, so private access always finds room.
+    pub fn public_connection_limits(mut self, per_source: usize, idle: Duration) -> Self {
+        self.public_per_source = per_source;
+        self.public_idle = idle;
         self
     }
     /// How often clients must ping (default 5 s). A silent peer is dropped after three
@@ -173,6 +194,11 @@ impl RelayBuilder {
                 "public port range is empty or starts at 0".into(),
             ));
         }
+        if self.public_per_source == 0 || self.public_idle.is_zero() {
+            return Err(ConfigError::Invalid(
+                "public connection limits must be non-zero".into(),
+            ));
+        }
         if self.max_handshakes == 0
             || self.max_handshakes_per_ip == 0
             || self.max_handshakes_per_network == 0
@@ -200,6 +226,8 @@ impl RelayBuilder {
                 public_ports: self.public_ports,
                 public_bind: self.public_bind,
                 max_public_ports: self.max_public_ports,
+                public_per_source: self.public_per_source,
+                public_idle: self.public_idle,
                 heartbeat: self.heartbeat,
                 limits: self.limits,
                 grace: self.grace,

@@ -74,13 +74,20 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
     // the driver starts wait in its queue.
     let (session, inbound, unstarted) = prepare(&relay, hello.role);
     let generation = relay.registry.generation();
+    let gate = public::PublicGate::new(&relay);
     let public_tasks = listeners
         .into_iter()
         .map(|(service, listener)| {
             let span = info_span!("public", %service, port = public::port_of(&listener));
             tokio::spawn(
-                public::public_accept(relay.clone(), session.clone(), service, listener)
-                    .instrument(span),
+                public::public_accept(
+                    relay.clone(),
+                    session.clone(),
+                    gate.clone(),
+                    service,
+                    listener,
+                )
+                .instrument(span),
             )
         })
         .collect();

@@ -83,6 +83,10 @@ struct Inner {
     public_bind: IpAddr,
     /// Most public ports one credential may own at once.
     max_public_ports: usize,
+    /// Most concurrent public connections from one source to one device.
+    public_per_source: usize,
+    /// A public connection without a byte either way for this long is closed.
+    public_idle: Duration,
     heartbeat: Duration,
     limits: Limits,
     grace: Duration,

@@ -4,10 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, info, info_span, warn};
+use std::net::IpAddr;
 
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::limit::KeyedLimit;
 use super::owners::PortOwner;
+use super::preauth::source_key;
 use super::{Inner, bridge};
 use crate::auth::Identity;
 use crate::util::lock;
@@ -150,10 +155,31 @@ async fn bind_any(
     Err(PortError::NoneFree)
 }
 
-/// Accepts connections on a public port and forwards each to the device.
+/// Caps on one device session's public connections, shared by its public ports: anonymous
+/// callers must never take the slots that private access needs.
+pub(super) struct PublicGate {
+    /// The share of the session's stream slots public connections may hold.
+    slots: Arc<Semaphore>,
+    /// Public connections per source (address, or /64 for IPv6).
+    per_source: KeyedLimit<IpAddr>,
+}
+
+impl PublicGate {
+    pub(super) fn new(relay: &Inner) -> Arc<Self> {
+        let share = (relay.limits.max_streams / 2).max(1);
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(share)),
+            per_source: KeyedLimit::new(relay.public_per_source),
+        })
+    }
+}
+
+/// Accepts connections on a public port and forwards each to the device, within the
+/// device's [`PublicGate`]; a connection over a cap is reset at once.
 pub(super) async fn public_accept(
     relay: Arc<Inner>,
     session: Session,
+    gate: Arc<PublicGate>,
     service: String,
     listener: TcpListener,
 ) {
@@ -171,6 +197,16 @@ pub(super) async fn public_accept(
             () = relay.draining.cancelled() => return,
             () = session.closed() => return,
         };
+        let Some(source_slot) = gate.per_source.try_take(source_key(peer.ip())) else {
+            debug!(%peer, "too many public connections from this source; resetting");
+            reset(tcp);
+            continue;
+        };
+        let Ok(slot) = gate.slots.clone().try_acquire_owned() else {
+            debug!(%peer, "public share of the device's streams is full; resetting");
+            reset(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (relay, session, service) = (relay.clone(), session.clone(), service.clone());
         let span = info_span!("stream", caller = "public", %peer);
@@ -182,9 +218,13 @@ pub(super) async fn public_accept(
                     peer: peer.to_string(),
                 };
                 match bridge::ask_device(&session, &incoming).await {
-                    Ok(device_stream) => bridge::spawn_splice_tcp(&relay, tcp, device_stream),
+                    Ok(device_stream) => {
+                        let idle = relay.public_idle;
+                        let hold = (source_slot, slot);
+                        bridge::spawn_splice_tcp(&relay, tcp, device_stream, idle, hold);
+                    }
                     Err((code, message)) => {
-                        info!(?code, message, "device refused public connection");
+                        info!(?code, reason = ?message, "device refused public connection");
                         reset(tcp);
                     }
                 }

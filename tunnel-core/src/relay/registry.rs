@@ -1,6 +1,6 @@
 //! Which devices are online, under which identity, with which services.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -18,6 +18,10 @@ use crate::util::lock;
 /// Offline devices remembered for `--list`; beyond this, the oldest are forgotten, so a
 /// credential with a wildcard grant cannot grow the relay's memory without bound.
 const MAX_REMEMBERED_OFFLINE: usize = 10_000;
+/// Bytes of names the offline devices may hold in all (device IDs and service names, each
+/// with its allocation overhead): 64 services of 63 bytes per device would otherwise make
+/// 10 000 remembered devices cost 40 MiB.
+const MAX_REMEMBERED_OFFLINE_BYTES: usize = 4 << 20;
 
 /// Replacements of a *live* session by the same identity allowed per device ID within
 /// [`FLAP_WINDOW`]: a NAT rebinding replaces a zombie now and then, but two live agents
@@ -70,11 +74,47 @@ pub(super) enum Claim {
     Flapping,
 }
 
-/// Offline devices: device → services, and insertion order to forget the oldest first.
-type Offline = (
-    HashMap<String, Vec<String>>,
-    std::collections::VecDeque<String>,
-);
+/// Offline devices: device → services, with insertion order to forget the oldest first and
+/// the bytes they hold, both bounded.
+#[derive(Default)]
+struct Offline {
+    map: HashMap<String, Vec<String>>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+/// What one remembered device costs: its names and a fixed overhead per allocation.
+fn cost(device: &str, services: &[String]) -> usize {
+    const OVERHEAD: usize = 48;
+    device.len() + OVERHEAD + services.iter().map(|s| s.len() + OVERHEAD).sum::<usize>()
+}
+
+impl Offline {
+    fn insert(&mut self, device: &str, services: Vec<String>) {
+        self.remove(device);
+        self.bytes += cost(device, &services);
+        self.map.insert(device.to_owned(), services);
+        self.order.push_back(device.to_owned());
+        while self.map.len() > MAX_REMEMBERED_OFFLINE || self.bytes > MAX_REMEMBERED_OFFLINE_BYTES
+        {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(services) = self.map.remove(&old) {
+                self.bytes -= cost(&old, &services);
+            }
+        }
+    }
+
+    fn remove(&mut self, device: &str) -> bool {
+        let Some(services) = self.map.remove(device) else {
+            return false;
+        };
+        self.bytes -= cost(device, &services);
+        self.order.retain(|d| d != device);
+        true
+    }
+}
 
 #[derive(Default)]
 pub(super) struct Registry {
@@ -148,7 +188,7 @@ impl Registry {
         }
         owners.own_device(device, &entry.principal);
         drop(owners);
-        lock(&self.offline).0.remove(device);
+        lock(&self.offline).remove(device);
         Ok(online.insert(device.to_owned(), entry))
     }
 
@@ -161,21 +201,7 @@ impl Registry {
         {
             let entry = online.remove(device)?;
             drop(online);
-            let mut offline = lock(&self.offline);
-            let (map, order) = &mut *offline;
-            if map
-                .insert(device.to_owned(), entry.services.clone())
-                .is_none()
-            {
-                order.push_back(device.to_owned());
-            }
-            while map.len() > MAX_REMEMBERED_OFFLINE {
-                if let Some(old) = order.pop_front() {
-                    map.remove(&old);
-                } else {
-                    break;
-                }
-            }
+            lock(&self.offline).insert(device, entry.services.clone());
             return Some(entry);
         }
         None
@@ -222,7 +248,7 @@ impl Registry {
             .collect();
         entries.extend(
             lock(&self.offline)
-                .0
+                .map
                 .iter()
                 .filter(|(d, _)| grants.may_access_device(d))
                 .map(|(d, services)| entry(d, false, services)),
@@ -250,17 +276,33 @@ impl Registry {
     /// another credential may register it. A live session of the device is not touched.
     pub(super) fn release(&self, device: &str) -> bool {
         let released = lock(&self.owners).release_device(device);
-        let mut offline = lock(&self.offline);
-        let (map, order) = &mut *offline;
-        let forgotten = map.remove(device).is_some();
-        if forgotten {
-            order.retain(|d| d != device);
-        }
+        let forgotten = lock(&self.offline).remove(device);
         released || forgotten
     }
 
     /// Removes every online session, for shutdown.
     pub(super) fn drain(&self) -> Vec<Online> {
         lock(&self.online).drain().map(|(_, e)| e).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offline_devices_are_bounded_by_bytes_and_forgotten_oldest_first() {
+        let mut offline = Offline::default();
+        let services: Vec<String> = (0..64).map(|i| format!("{i:0>63}")).collect();
+        let each = cost("pi-00000", &services);
+        for i in 0..2000 {
+            offline.insert(&format!("pi-{i:05}"), services.clone());
+        }
+        assert!(offline.bytes <= MAX_REMEMBERED_OFFLINE_BYTES);
+        assert_eq!(offline.map.len(), MAX_REMEMBERED_OFFLINE_BYTES / each);
+        assert!(!offline.map.contains_key("pi-00000"), "the oldest went first");
+        assert!(offline.map.contains_key("pi-01999"));
+        assert!(offline.remove("pi-01999"));
+        assert_eq!(offline.order.len(), offline.map.len());
     }
 }

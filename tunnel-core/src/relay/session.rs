@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info};
 
@@ -22,7 +22,25 @@ use crate::stream::Stream;
 /// Who owns the session whose streams we serve.
 pub(super) enum Ctx {
     Device,
-    Access(Arc<Identity>),
+    Access(Arc<AccessCtx>),
+}
+
+/// An access session's identity, and its gate for device lists.
+pub(super) struct AccessCtx {
+    pub(super) identity: Identity,
+    /// One device list at a time per session: building one walks the registry, so a
+    /// session that asks for many at once waits for its own turn instead of taking the
+    /// relay's workers from everyone else.
+    pub(super) lists: Semaphore,
+}
+
+impl AccessCtx {
+    pub(super) fn new(identity: Identity) -> Self {
+        Self {
+            identity,
+            lists: Semaphore::new(1),
+        }
+    }
 }
 
 /// Serves the peer's streams and watches its heartbeat until the session ends.
@@ -65,7 +83,7 @@ async fn watchdog(mut beats: watch::Receiver<Instant>, dead_after: Duration) {
 async fn handle_stream(
     relay: Arc<Inner>,
     mut stream: Stream,
-    access: Option<Arc<Identity>>,
+    access: Option<Arc<AccessCtx>>,
     beats: Arc<watch::Sender<Instant>>,
 ) {
     let header = match tokio::time::timeout(
@@ -80,10 +98,10 @@ async fn handle_stream(
     };
     match (header, access) {
         (Message::Control, _) => control(stream, beats).await,
-        (Message::Open { device, service }, Some(identity)) => {
-            access::open(&relay, stream, &identity, device, service).await
+        (Message::Open { device, service }, Some(ctx)) => {
+            access::open(&relay, stream, &ctx.identity, device, service).await
         }
-        (Message::List, Some(identity)) => access::list(&relay, stream, &identity).await,
+        (Message::List, Some(ctx)) => access::list(&relay, stream, &ctx).await,
         (other, access) => {
             let why = if access.is_none() {
                 "devices may only open the control stream"
