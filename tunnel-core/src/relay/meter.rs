@@ -1,6 +1,8 @@
 //! Per-session abuse limits at the relay: a pass-through wrapper under yamux that reads the
-//! 12-byte yamux frame headers the peer sends and counts stream opens and frames that carry
-//! nothing (empty data, zero window updates, pings). yamux bounds memory (windows, ACK
+//! 12-byte yamux frame headers the peer sends and counts stream opens, frames that carry
+//! nothing (empty data or zero window updates without a lifecycle flag, pings, anything for
+//! a stream the peer never opened or acknowledged) and lifecycle frames (empty ACK, FIN,
+//! RST). yamux bounds memory (windows, ACK
 //! backlog, one pending frame) but not the *rate* of such frames, which cost CPU and, for
 //! opens, a task each. A peer over either rate gets an I/O error on its connection: the
 //! session ends, other sessions are untouched.
@@ -27,12 +29,24 @@ pub(super) const STREAM_OPEN_BURST: u32 = 10_000;
 pub(super) const EMPTY_FRAMES_PER_SEC: u32 = 100;
 /// Empty frames allowed in a burst.
 pub(super) const EMPTY_FRAME_BURST: u32 = 1024;
+/// Payload-less frames with a lifecycle flag (ACK, FIN, RST) a peer may send per second:
+/// a well-behaved stream costs at most three (acknowledge, finish, reset), so three per
+/// stream open allowed.
+pub(super) const CONTROL_FRAMES_PER_SEC: u32 = 3 * STREAM_OPENS_PER_SEC;
+/// Lifecycle frames allowed in a burst.
+pub(super) const CONTROL_FRAME_BURST: u32 = 3 * STREAM_OPEN_BURST;
+/// Stream IDs remembered as opened or acknowledged by the peer (yamux's own limit on a
+/// session is at most 2 × 4096 streams); past this the oldest are forgotten.
+const MAX_TRACKED_STREAMS: usize = 8192;
 
 const HEADER_LEN: usize = 12;
 const TYPE_DATA: u8 = 0;
 const TYPE_WINDOW_UPDATE: u8 = 1;
 const TYPE_PING: u8 = 2;
 const FLAG_SYN: u16 = 1;
+const FLAG_ACK: u16 = 2;
+const FLAG_FIN: u16 = 4;
+const FLAG_RST: u16 = 8;
 
 /// A leaky bucket: `rate` per second sustained, `burst` above it.
 struct Bucket {
@@ -81,6 +95,13 @@ struct Meter {
     skip: u64,
     opens: Bucket,
     empty: Bucket,
+    control: Bucket,
+    /// Streams the peer opened (SYN) or acknowledged (ACK), with the frame count when each
+    /// was last used: anything else the peer sends for a stream outside this map is a
+    /// frame for nothing.
+    streams: std::collections::HashMap<u32, u64>,
+    /// Frames seen so far; the clock of `streams`.
+    frames: u64,
 }
 
 impl Meter {
@@ -91,6 +112,32 @@ impl Meter {
             skip: 0,
             opens: Bucket::new(STREAM_OPENS_PER_SEC, STREAM_OPEN_BURST),
             empty: Bucket::new(EMPTY_FRAMES_PER_SEC, EMPTY_FRAME_BURST),
+            control: Bucket::new(CONTROL_FRAMES_PER_SEC, CONTROL_FRAME_BURST),
+            streams: std::collections::HashMap::new(),
+            frames: 0,
+        }
+    }
+
+    /// Remembers `id` as a live stream. Over the cap, the half least recently used is
+    /// forgotten at once (amortized constant time): a long-lived busy stream stays.
+    fn track(&mut self, id: u32) {
+        self.streams.insert(id, self.frames);
+        if self.streams.len() > MAX_TRACKED_STREAMS {
+            let mut ages: Vec<u64> = self.streams.values().copied().collect();
+            let (_, median, _) = ages.select_nth_unstable(MAX_TRACKED_STREAMS / 2);
+            let cut = *median;
+            self.streams.retain(|_, used| *used > cut);
+        }
+    }
+
+    /// Whether `id` is a live stream; refreshes it if so.
+    fn touch(&mut self, id: u32) -> bool {
+        match self.streams.get_mut(&id) {
+            Some(used) => {
+                *used = self.frames;
+                true
+            }
+            None => false,
         }
     }
 
@@ -119,19 +166,42 @@ impl Meter {
             if kind == TYPE_DATA {
                 self.skip = u64::from(length);
             }
-            if flags & FLAG_SYN != 0
-                && (kind == TYPE_DATA || kind == TYPE_WINDOW_UPDATE)
-                && !self.opens.take(now)
-            {
-                return Err(abuse("opens streams too fast"));
+            let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            self.frames += 1;
+            let stream_frame = kind == TYPE_DATA || kind == TYPE_WINDOW_UPDATE;
+            if stream_frame && flags & FLAG_SYN != 0 {
+                if !self.opens.take(now) {
+                    return Err(abuse("opens streams too fast"));
+                }
+                self.track(id);
+                continue;
             }
-            let empty = match kind {
-                TYPE_DATA | TYPE_WINDOW_UPDATE => length == 0 && flags == 0,
-                TYPE_PING => true,
-                _ => false,
+            if stream_frame && flags & FLAG_ACK != 0 {
+                self.track(id);
+            }
+            let known = self.touch(id);
+            if stream_frame && flags & FLAG_RST != 0 {
+                self.streams.remove(&id);
+            }
+            // What the frame costs: nothing when it carries data or credit for a live
+            // stream; a lifecycle token when it only acknowledges, finishes or resets one;
+            // an empty-frame token when it carries nothing or is for no stream at all.
+            let bucket = match kind {
+                _ if stream_frame && !known => Some(false),
+                TYPE_DATA | TYPE_WINDOW_UPDATE if length == 0 => {
+                    Some(flags & (FLAG_ACK | FLAG_FIN | FLAG_RST) != 0)
+                }
+                TYPE_PING => Some(false),
+                _ => None,
             };
-            if empty && !self.empty.take(now) {
-                return Err(abuse("floods empty frames"));
+            match bucket {
+                Some(true) if !self.control.take(now) => {
+                    return Err(abuse("floods stream control frames"));
+                }
+                Some(false) if !self.empty.take(now) => {
+                    return Err(abuse("floods empty frames"));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -227,6 +297,57 @@ mod tests {
             tokio::time::advance(Duration::from_millis(20)).await;
             m.inspect(&frame(TYPE_PING, FLAG_SYN, 0, 7)).unwrap();
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_window_updates_with_flags_and_data_for_unknown_streams_are_metered() {
+        // RST+ACK window updates of 0 for a stream the peer did open: lifecycle frames.
+        let mut m = Meter::new();
+        m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)).unwrap();
+        let err = (0..=CONTROL_FRAME_BURST)
+            .find_map(|_| m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_ACK | FLAG_FIN, 1, 0)).err());
+        assert!(err.is_some_and(|e| e.to_string().contains("control")));
+        // One-byte data frames for a stream nobody opened: frames for nothing.
+        let mut m = Meter::new();
+        let mut one = frame(TYPE_DATA, 0, 99, 1);
+        one.push(b'x');
+        let err = (0..=EMPTY_FRAME_BURST).find_map(|_| m.inspect(&one).err());
+        assert!(err.is_some_and(|e| e.to_string().contains("empty")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_well_behaved_session_is_never_cut() {
+        // 1000 streams/s for 10 s, each opened, fed, acknowledged, finished and reset.
+        let mut m = Meter::new();
+        for second in 0..10u32 {
+            for i in 0..1000u32 {
+                let id = 2 * (second * 1000 + i) + 1;
+                let mut data = frame(TYPE_DATA, FLAG_SYN, id, 3);
+                data.extend_from_slice(b"abc");
+                m.inspect(&data).unwrap();
+                m.inspect(&frame(TYPE_WINDOW_UPDATE, 0, id, 4096)).unwrap();
+                m.inspect(&frame(TYPE_DATA, FLAG_FIN, id, 0)).unwrap();
+                m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_RST, id, 0)).unwrap();
+                // Our own stream towards the peer, acknowledged by it.
+                m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_ACK, id + 1, 0)).unwrap();
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_lived_busy_stream_outlives_thousands_of_short_ones() {
+        let mut m = Meter::new();
+        m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)).unwrap();
+        for i in 0..(3 * MAX_TRACKED_STREAMS as u32) {
+            m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 3, 0)).unwrap();
+            m.inspect(&frame(TYPE_WINDOW_UPDATE, 0, 1, 100)).unwrap();
+            if i % 1000 == 0 {
+                tokio::time::advance(Duration::from_secs(1)).await;
+            }
+        }
+        assert!(m.streams.contains_key(&1));
+        assert!(m.streams.len() <= MAX_TRACKED_STREAMS + 1);
     }
 
     #[tokio::test(start_paused = true)]
