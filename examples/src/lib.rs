@@ -7,14 +7,32 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tunnel_core::{ClientConfig, Limits, RelayTrust, SpkiPin, TlsIdentity, Token};
 
-/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr through `tracing`, filtered by `RUST_LOG` (default `info`). Colours only
+/// when stderr is a terminal and `NO_COLOR` is unset (<https://no-color.org>): a log
+/// redirected to a file gets plain text.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
+}
+
+/// The end of a binary's `main`: an error is an answer (a refusal, a bad flag), not a
+/// crash, so it is printed as one line with its causes (`error: a: b`), never with a
+/// backtrace, and the exit code is 1.
+pub fn exit(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

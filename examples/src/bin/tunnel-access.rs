@@ -1,6 +1,8 @@
 //! tunnel-access: reaches a device service through the relay, on a local port or on
 //! stdin/stdout, or lists the devices a credential may reach.
 
+use std::time::Duration;
+
 use clap::Parser;
 use tunnel_core::{Dialer, pipe_stdio, serve_local};
 use tunnel_examples::{ClientArgs, init_tracing, shutdown_signal};
@@ -14,6 +16,10 @@ Examples:
   ssh -o ProxyCommand='tunnel-access --relay relay.example.com:7835 --pin sha256:… --device pi-42 --service ssh --stdio' user@pi-42
   # which devices may this credential reach?
   tunnel-access --relay relay.example.com:7835 --pin sha256:… --list";
+
+/// How long to keep retrying a relay that is unreachable or busy before giving up: a
+/// relay restarting or shedding a handshake flood is back within this.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Access client of tunnel: opens streams to a device's services through the relay.
 #[derive(Parser)]
@@ -39,10 +45,14 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    tunnel_examples::exit(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
-    let dialer = Dialer::connect(cli.client.client_config()?).await?;
+    let dialer = Dialer::connect_with_retry(cli.client.client_config()?, CONNECT_PATIENCE).await?;
     if cli.list {
         for d in dialer.list().await? {
             let state = if d.online { "online" } else { "offline" };

@@ -36,7 +36,11 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    tunnel_examples::exit(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     init_tracing();
     let cli = Cli::parse();
     let mut config = DeviceConfig::new(cli.client.client_config()?, cli.device_id.clone());

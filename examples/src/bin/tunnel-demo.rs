@@ -24,7 +24,11 @@ struct Cli {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    tunnel_examples::exit(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     if std::env::var_os("RUST_LOG").is_some() {
         tunnel_examples::init_tracing();
     }

@@ -126,7 +126,11 @@ struct NewToken {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    tunnel_examples::exit(run().await)
+}
+
+async fn run() -> anyhow::Result<()> {
     init_tracing();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,

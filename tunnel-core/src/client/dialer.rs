@@ -3,11 +3,13 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tracing::debug;
 
 use super::ClientConfig;
+use super::backoff::Backoff;
 use super::connect::{Connected, HelloRequest, connect};
 use crate::error::{ConnectError, DialError};
 use crate::mux::{OpenError, Session};
@@ -68,6 +70,31 @@ impl Dialer {
                 session: Mutex::new(Some(session)),
             }),
         })
+    }
+
+    /// Like [`connect`](Self::connect), but retries failures that may pass (the relay is
+    /// unreachable, busy or restarting) with the device's backoff, for at most `patience`.
+    /// A permanent failure (bad credential or certificate) is returned at once.
+    pub async fn connect_with_retry(
+        config: ClientConfig,
+        patience: Duration,
+    ) -> Result<Self, ConnectError> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut backoff = Backoff::default();
+        loop {
+            match Self::connect(config.clone()).await {
+                Ok(dialer) => return Ok(dialer),
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if tokio::time::Instant::now() + delay > deadline {
+                        return Err(e);
+                    }
+                    debug!(error = %e, ?delay, "cannot connect yet; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     /// Opens a stream to `service` on `device`. Fails with a typed error when the

@@ -9,6 +9,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug, info, warn};
 
 use super::ClientConfig;
+use super::backoff::Backoff;
 use super::connect::{Connected, HelloRequest, connect};
 use crate::error::{ConfigError, ConnectError};
 use crate::protocol::status::Refusal;
@@ -24,12 +25,6 @@ const ACCEPT_QUEUE: usize = 64;
 /// How long an incoming stream waits for room in the accept queue before its caller gets
 /// `unavailable`: long enough for a burst of connections, short of the relay's 15 s.
 const ACCEPT_WAIT: Duration = Duration::from_secs(5);
-/// First reconnect delay; doubled after each failed attempt up to [`BACKOFF_MAX`].
-const BACKOFF_BASE: Duration = Duration::from_millis(500);
-/// Longest reconnect delay: a relay back from a restart sees its devices within this time.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A session that lived this long resets the backoff, so the next loss retries at once.
-const STABLE_SESSION: Duration = Duration::from_secs(10);
 
 /// What a device declares to the relay.
 #[derive(Debug, Clone)]
@@ -290,7 +285,7 @@ struct Supervisor {
 
 impl Supervisor {
     async fn run(self, mut connected: Option<Connected>) {
-        let mut failures: u32 = 0;
+        let mut backoff = Backoff::default();
         loop {
             let conn = match connected.take() {
                 Some(c) => Ok(c),
@@ -314,14 +309,12 @@ impl Supervisor {
                     warn!(reason, "session with the relay lost; reconnecting");
                     self.state
                         .send_replace(ListenerState::Reconnecting { last_error: reason });
-                    if started.elapsed() >= STABLE_SESSION {
-                        failures = 0;
-                    }
+                    backoff.session_ended(started.elapsed());
                 }
                 Err(e) => {
+                    backoff.attempt_failed(&e);
                     if e.is_permanent() {
-                        warn!(error = %e, "relay refused this device; retrying at the slowest pace");
-                        failures = failures.max(16);
+                        warn!(error = %e, "relay refused this device; retrying");
                     } else {
                         info!(error = %e, "cannot reach the relay; retrying");
                     }
@@ -330,8 +323,7 @@ impl Supervisor {
                     });
                 }
             }
-            let delay = backoff(failures);
-            failures = failures.saturating_add(1);
+            let delay = backoff.next_delay();
             debug!(?delay, "waiting before reconnecting");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -412,35 +404,9 @@ async fn read_incoming(mut stream: Stream, services: Vec<String>, queue: mpsc::S
     }
 }
 
-/// Exponential backoff with jitter: half the delay fixed, half random, so that a fleet
-/// reconnecting after a relay restart spreads out.
-fn backoff(failures: u32) -> Duration {
-    let exp = BACKOFF_BASE
-        .saturating_mul(1u32 << failures.min(10))
-        .min(BACKOFF_MAX);
-    let half = exp / 2;
-    let mut r = [0u8; 4];
-    let _ = getrandom::fill(&mut r);
-    let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
-    half + half.mul_f64(frac)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_to_its_cap_and_stays_jittered() {
-        for f in 0..40 {
-            let d = backoff(f);
-            let exp = BACKOFF_BASE
-                .saturating_mul(1u32 << f.min(10))
-                .min(BACKOFF_MAX);
-            assert!(d >= exp / 2 && d <= exp, "{f}: {d:?}");
-        }
-        let samples: std::collections::HashSet<_> = (0..20).map(|_| backoff(5)).collect();
-        assert!(samples.len() > 1, "jitter must vary the delay");
-    }
 
     #[test]
     fn device_config_rejects_bad_names_and_undeclared_public_services() {

@@ -3,11 +3,13 @@
 //! - this file: [`ClientConfig`], how to reach and trust the relay.
 //! - [`connect`]: the handshake with the relay (TLS, hello, welcome) and the session start.
 //! - [`heartbeat`]: the pings that keep a session honest.
+//! - [`backoff`]: reconnect pacing.
 //! - [`dialer`]: the access side, [`Dialer`](crate::Dialer).
 //! - [`listener`]: the device side, [`Listener`](crate::Listener).
 //! - [`forward`]: plumbing on top of both (forward to local addresses, serve a local port,
 //!   pipe stdio).
 
+mod backoff;
 pub(crate) mod connect;
 pub(crate) mod dialer;
 pub(crate) mod forward;
