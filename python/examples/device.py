@@ -31,10 +31,10 @@ def main() -> int:
     parser.add_argument("--expose", action="append", required=True, metavar="NAME=HOST:PORT")
     args = parser.parse_args()
 
-    services = dict(pair.split("=", 1) for pair in args.expose)
+    targets = dict(pair.split("=", 1) for pair in args.expose)
     token = open(args.token_file).read().strip() if args.token_file else os.environ.get("TUNNEL_TOKEN")
     agent = tunnel.Agent(relay=args.relay, pin=args.pin, ca_file=args.ca_file, token=token,
-                         device=args.device_id, services=services)
+                         device=args.device_id, forward=targets)
     try:
         agent.start(timeout=30)
     except tunnel.TunnelError as e:  # bad token, wrong pin, forbidden device ID…

@@ -192,6 +192,17 @@ async def echo_handler(conn: tunnel.Connection) -> None:
     await writer.wait_closed()
 
 
+async def exchange(reader: Any, writer: Any, data: bytes) -> bytes:
+    """Sends ``data``, half-closes, reads until the far end closes, closes: one round trip
+    through an echo, over a tunnel pair or a plain asyncio one."""
+    writer.write(data)
+    writer.write_eof()
+    received = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return received
+
+
 async def serve_echo(listener: tunnel.Listener) -> None:
     """Serves every accepted connection of `listener` with `echo_handler`."""
     tasks = set()

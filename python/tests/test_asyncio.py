@@ -1,5 +1,5 @@
 """The asyncio API against a real relay: device-side Listener, access-side
-open_connection / Client, list_devices, serve_local, cancellation."""
+open_connection / Dialer, list_devices, serve_local, cancellation."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import socket
 import pytest
 
 import tunnel
-from conftest import WAIT, EchoServer, Env, echo_handler, run, serve_echo
+from conftest import WAIT, EchoServer, Env, echo_handler, exchange, run, serve_echo
 
 
-def listener(env: Env, services, device: str = "pi-42") -> tunnel.Listener:
-    return tunnel.Listener(device=device, services=services, **env.creds(env.device))
+def listener(env: Env, services=None, device: str = "pi-42", **kw) -> tunnel.Listener:
+    return tunnel.Listener(device=device, services=services, **kw, **env.creds(env.device))
 
 
 def test_device_yields_connections_with_service_caller_and_a_reader_writer_pair(env: Env) -> None:
@@ -136,17 +136,12 @@ def test_big_transfer_both_ways_with_flow_control(env: Env) -> None:
 
 def test_listener_forward_exposes_local_services(env: Env, echo: EchoServer) -> None:
     async def main() -> None:
-        services = {"echo": echo.address}
-        async with listener(env, services) as lst:
+        async with listener(env, forward={"echo": echo.address}) as lst:
             assert lst.state.connected
             async with await tunnel.connect(**env.creds(env.alice)) as client:
                 for i in range(3):
-                    reader, writer = await client.open_connection("pi-42", "echo")
-                    writer.write(b"ping %d" % i)
-                    writer.write_eof()
-                    assert await reader.read() == b"ping %d" % i
-                    writer.close()
-                    await writer.wait_closed()
+                    pair = await client.open_connection("pi-42", "echo")
+                    assert await exchange(*pair, b"ping %d" % i) == b"ping %d" % i
         assert echo.accepted == 3
 
     run(main())
@@ -169,6 +164,25 @@ def test_incoming_can_be_refused_and_the_caller_gets_the_typed_error(env: Env) -
     run(main())
 
 
+def test_a_public_port_the_relay_cannot_bind_is_reported_and_the_device_still_registers() -> None:
+    busy = socket.create_server(("0.0.0.0", 0))  # holds the only port of the range
+    port = busy.getsockname()[1]
+    device = tunnel.Credential("pi", devices=("pi-42",), public=True)
+
+    async def main() -> None:
+        async with tunnel.Relay([device], public_ports=(port, port), grace=0.1) as relay:
+            creds = {"relay": relay.address, "pin": relay.pin, "token": device.token}
+            async with tunnel.Listener(device="pi-42", services=["web"], public={"web": port}, **creds) as lst:
+                state = lst.state
+                assert state.connected and state.public_ports == {}
+                assert list(state.public_failed) == ["web"] and str(port) in state.public_failed["web"]
+
+    try:
+        run(main())
+    finally:
+        busy.close()
+
+
 def test_list_devices_shows_what_a_credential_may_reach(env: Env) -> None:
     async def main() -> None:
         async with listener(env, ["ssh", "web"]):
@@ -189,16 +203,12 @@ def test_list_devices_shows_what_a_credential_may_reach(env: Env) -> None:
 
 def test_serve_local_forwards_a_local_port_to_a_device_service(env: Env, echo: EchoServer) -> None:
     async def main() -> None:
-        async with listener(env, {"echo": echo.address}):
+        async with listener(env, forward={"echo": echo.address}):
             async with await tunnel.connect(**env.creds(env.alice)) as client:
                 async with await client.serve_local("pi-42", "echo") as server:
                     assert server.port > 0
-                    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-                    writer.write(b"through a local port")
-                    writer.write_eof()
-                    assert await reader.read() == b"through a local port"
-                    writer.close()
-                    await writer.wait_closed()
+                    pair = await asyncio.open_connection("127.0.0.1", server.port)
+                    assert await exchange(*pair, b"through a local port") == b"through a local port"
 
     run(main())
 
@@ -305,13 +315,7 @@ def test_echo_handler_serves_many_concurrent_streams(env: Env) -> None:
             async with await tunnel.connect(**env.creds(env.alice)) as client:
 
                 async def one(i: int) -> bytes:
-                    reader, writer = await client.open_connection("pi-42", "echo")
-                    writer.write(b"%d" % i * 1000)
-                    writer.write_eof()
-                    data = await reader.read()
-                    writer.close()
-                    await writer.wait_closed()
-                    return data
+                    return await exchange(*await client.open_connection("pi-42", "echo"), b"%d" % i * 1000)
 
                 results = await asyncio.gather(*(one(i) for i in range(20)))
                 assert results == [b"%d" % i * 1000 for i in range(20)]

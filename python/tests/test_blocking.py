@@ -1,4 +1,4 @@
-"""The blocking API: Agent (device side), TunnelSocket / BlockingClient (access side),
+"""The blocking API: Agent (device side), TunnelSocket / BlockingDialer (access side),
 Ctrl-C, state and reconnection, GIL release."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from conftest import WAIT, EchoServer, Env, make_credentials
 
 
 def agent(env: Env, echo: EchoServer, **kw) -> tunnel.Agent:
-    return tunnel.Agent(device="pi-42", services={"echo": echo.address}, **env.creds(env.device), **kw)
+    return tunnel.Agent(device="pi-42", forward={"echo": echo.address}, **env.creds(env.device), **kw)
 
 
 def wait_until(predicate, timeout: float = WAIT) -> None:
@@ -44,16 +44,17 @@ def test_agent_exposes_services_and_a_socket_like_client_reaches_them(env: Env, 
     assert a.state.stopped
 
 
-def test_blocking_client_lists_devices_and_serves_a_local_port(env: Env, echo: EchoServer) -> None:
-    with agent(env, echo), tunnel.BlockingClient(timeout=WAIT, **env.creds(env.alice)) as client:
-        assert client.list_devices() == [tunnel.DeviceInfo("pi-42", True, ("echo",))]
-        with client.serve_local("pi-42", "echo") as fwd:
+def test_blocking_dialer_lists_devices_and_serves_a_local_port(env: Env, echo: EchoServer) -> None:
+    with agent(env, echo), tunnel.BlockingDialer(timeout=WAIT, **env.creds(env.alice)) as dialer:
+        assert dialer.list_devices() == [tunnel.DeviceInfo("pi-42", True, ("echo",))]
+        with dialer.serve_local("pi-42", "echo") as fwd:
+            assert isinstance(fwd, tunnel.BlockingLocalServer)
             with socket.create_connection(("127.0.0.1", fwd.port), timeout=WAIT) as s:
                 s.sendall(b"via local port")
                 s.shutdown(socket.SHUT_WR)
                 assert s.recv(100) == b"via local port"
         for i in range(3):  # one session, several streams
-            with client.connect("pi-42", "echo") as sock:
+            with dialer.connect("pi-42", "echo") as sock:
                 sock.sendall(b"%d" % i)
                 sock.shutdown(socket.SHUT_WR)
                 assert sock.recv(10) == b"%d" % i
@@ -102,7 +103,7 @@ def test_agent_state_reports_reconnecting_with_the_error_and_reconnects_by_itsel
     relay = tunnel.Relay([device, alice], state_dir=state_dir, grace=0.2)
     address, pin = relay.address, relay.pin
     creds = {"relay": address, "pin": pin}
-    a = tunnel.Agent(device="pi-42", services={"echo": echo.address}, token=device.token, **creds)
+    a = tunnel.Agent(device="pi-42", forward={"echo": echo.address}, token=device.token, **creds)
     a.start()
     try:
         assert a.state.connected
@@ -136,7 +137,7 @@ SCRIPT = textwrap.dedent(
     relay, pin, token, target, mode = sys.argv[1:]
     if mode == "agent":
         agent = tunnel.Agent(relay=relay, pin=pin, token=token, device="pi-42",
-                             services={"echo": target})
+                             forward={"echo": target})
         agent.start()
         print("ready", flush=True)
         try:

@@ -35,44 +35,65 @@ def test_the_hierarchy_mirrors_the_rust_errors() -> None:
     assert issubclass(tunnel.TunnelError, Exception)
 
 
+def test_every_row_of_the_core_status_table_raises_the_exception_it_names() -> None:
+    """The one status table (tunnel-core's ErrorKind) names a Python exception per kind;
+    the class the bindings raise for that kind must be it."""
+    rows = _native.error_table()
+    assert rows and len({kind for kind, _, _ in rows}) == len(rows)
+    for kind, name, raised in rows:
+        if kind == "Io":
+            assert name == "OSError" and raised is OSError, (kind, name, raised)
+            continue
+        exported = getattr(tunnel, name, None)
+        assert exported is not None and name in tunnel.__all__, f"{kind}: tunnel.{name} missing"
+        assert raised is exported and raised.__name__ == name, (kind, name, raised)
+        assert issubclass(raised, tunnel.TunnelError)
+    # The other way round: every exported exception is in the table, but for the base
+    # class and the two that no wire or connection error produces.
+    in_table = {name for _, name, _ in rows}
+    exceptions = {n for n in tunnel.__all__ if isinstance(getattr(tunnel, n), type)
+                  and issubclass(getattr(tunnel, n), BaseException)}
+    assert exceptions - in_table == {"TunnelError", "RelayError", "InternalError"}
+
+
 def test_a_wrong_token_is_an_auth_error_without_the_token_in_it(env: Env) -> None:
     secret = "tun_" + "ab" * 32
     with pytest.raises(tunnel.AuthError) as e:
-        tunnel.BlockingClient(relay=env.relay.address, pin=env.relay.pin, token=secret, timeout=WAIT)
+        tunnel.BlockingDialer(relay=env.relay.address, pin=env.relay.pin, token=secret, timeout=WAIT)
     assert secret not in str(e.value) and secret not in repr(e.value)
     with pytest.raises(tunnel.AuthError):
         run(tunnel.connect(relay=env.relay.address, pin=env.relay.pin, token=secret))
     # A device with a bad token fails at once instead of retrying forever.
     with pytest.raises(tunnel.AuthError):
         tunnel.Agent(relay=env.relay.address, pin=env.relay.pin, token=secret, device="pi-42",
-                     services={"x": "127.0.0.1:1"}).start(WAIT)
+                     forward={"x": "127.0.0.1:1"}).start(WAIT)
 
 
 def test_a_wrong_pin_is_a_certificate_error(env: Env) -> None:
     wrong = "sha256:" + "1" * 64
     with pytest.raises(tunnel.CertificateError):
-        tunnel.BlockingClient(relay=env.relay.address, pin=wrong, token=env.alice.token, timeout=WAIT)
+        tunnel.BlockingDialer(relay=env.relay.address, pin=wrong, token=env.alice.token, timeout=WAIT)
 
 
 def test_an_unreachable_relay_is_a_connect_error() -> None:
     with pytest.raises(tunnel.ConnectError) as e:
-        tunnel.BlockingClient(relay=f"127.0.0.1:{closed_port()}", pin="sha256:" + "0" * 64, token="t", timeout=WAIT)
+        tunnel.BlockingDialer(relay=f"127.0.0.1:{closed_port()}", pin="sha256:" + "0" * 64, token="t", timeout=WAIT)
     assert not isinstance(e.value, (tunnel.AuthError, tunnel.CertificateError))
 
 
 def test_access_errors_are_typed(env: Env) -> None:
-    device = tunnel.Agent(device="pi-42", services={"web": f"127.0.0.1:{closed_port()}"}, **env.creds(env.device))
-    with device, tunnel.BlockingClient(timeout=WAIT, **env.creds(env.bob)) as bob:
+    device = tunnel.Agent(device="pi-42", forward={"web": f"127.0.0.1:{closed_port()}"}, **env.creds(env.device))
+    with device, tunnel.BlockingDialer(timeout=WAIT, **env.creds(env.bob)) as bob:
         with pytest.raises(tunnel.DeniedError):
             bob.connect("pi-42", "ssh")  # bob may open only pi-42/web
         with pytest.raises(tunnel.TargetRefusedError):
             bob.connect("pi-42", "web")  # nothing listens behind it
-        with tunnel.BlockingClient(timeout=WAIT, **env.creds(env.alice)) as alice:
+        with tunnel.BlockingDialer(timeout=WAIT, **env.creds(env.alice)) as alice:
             with pytest.raises(tunnel.UnknownServiceError):
                 alice.connect("pi-42", "ssh")
             with pytest.raises(tunnel.ConfigError):
                 alice.connect("pi 42", "ssh")  # not a valid name
-    with tunnel.BlockingClient(timeout=WAIT, **env.creds(env.alice)) as alice:
+    with tunnel.BlockingDialer(timeout=WAIT, **env.creds(env.alice)) as alice:
         with pytest.raises(tunnel.DeviceOfflineError):
             alice.connect("pi-42", "web")
 
@@ -96,7 +117,7 @@ def test_a_device_id_the_credential_may_not_register_is_denied(env: Env) -> None
 )
 def test_bad_configuration_is_a_config_error(kwargs: dict) -> None:
     with pytest.raises(tunnel.ConfigError):
-        tunnel.BlockingClient(relay="127.0.0.1:1", token="t", **kwargs)
+        tunnel.BlockingDialer(relay="127.0.0.1:1", token="t", **kwargs)
 
 
 def test_bad_relay_credentials_are_config_errors() -> None:
@@ -114,9 +135,9 @@ def test_secrets_never_appear_in_repr() -> None:
     assert cred.token not in repr(config) and "redacted" in repr(config)
     with tunnel.Relay([cred], grace=0.1) as relay:
         assert cred.token not in repr(relay)
-        client = tunnel.BlockingClient(relay=relay.address, pin=relay.pin, token=cred.token)
-        assert cred.token not in repr(client)
-        client.close()
+        dialer = tunnel.BlockingDialer(relay=relay.address, pin=relay.pin, token=cred.token)
+        assert cred.token not in repr(dialer)
+        dialer.close()
 
 
 def test_a_rust_panic_is_an_internal_error_not_an_abort() -> None:
@@ -132,7 +153,7 @@ def test_a_rust_panic_is_an_internal_error_not_an_abort() -> None:
     assert tunnel.generate_token().startswith("tun_")
     cred = tunnel.Credential("x", access=("pi-42/*",))
     with tunnel.Relay([cred], grace=0.1) as relay:
-        with tunnel.BlockingClient(relay=relay.address, pin=relay.pin, token=cred.token, timeout=WAIT) as c:
+        with tunnel.BlockingDialer(relay=relay.address, pin=relay.pin, token=cred.token, timeout=WAIT) as c:
             assert [d.device for d in c.list_devices()] == ["pi-42"]
 
 
@@ -172,7 +193,7 @@ def test_connecting_to_a_plain_tcp_port_fails_cleanly() -> None:
     t.start()
     try:
         with pytest.raises(tunnel.ConnectError):
-            tunnel.BlockingClient(relay=f"127.0.0.1:{port}", pin="sha256:" + "0" * 64, token="t", timeout=WAIT)
+            tunnel.BlockingDialer(relay=f"127.0.0.1:{port}", pin="sha256:" + "0" * 64, token="t", timeout=WAIT)
     finally:
         t.join(WAIT)
         server.close()

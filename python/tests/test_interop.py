@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import tunnel
-from conftest import WAIT, EchoServer, Env, Proc, binary, make_credentials, run, serve_echo
+from conftest import WAIT, EchoServer, Env, Proc, binary, exchange, make_credentials, run, serve_echo
 
 
 def token_file(path: Path, credentials: list[tunnel.Credential]) -> Path:
@@ -62,12 +62,8 @@ def test_a_python_client_reaches_the_rust_agent(env: Env, echo: EchoServer, proc
     async def main() -> None:
         while "pi-42" not in env.relay.online_devices():
             await asyncio.sleep(0.05)
-        reader, writer = await tunnel.open_connection(device="pi-42", service="echo", **env.creds(env.alice))
-        writer.write(b"from python to the rust agent")
-        writer.write_eof()
-        assert await reader.read() == b"from python to the rust agent"
-        writer.close()
-        await writer.wait_closed()
+        pair = await tunnel.open_connection(device="pi-42", service="echo", **env.creds(env.alice))
+        assert await exchange(*pair, b"from python to the rust agent") == b"from python to the rust agent"
 
     run(main())
     # The blocking API too.

@@ -1,21 +1,25 @@
-"""The asyncio API: device-side Listener, access-side Client and helpers."""
+"""The asyncio API: device-side Listener, access-side Dialer and helpers."""
 
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any, AsyncIterator, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Iterator, Mapping
 
 from . import _native
 from ._config import (
+    ClientOptions,
     DeviceInfo,
-    PathLike,
+    LocalPort,
     State,
     client_config,
     device_infos,
-    services_and_public,
+    device_setup,
     state,
 )
 from ._streams import TunnelReader, TunnelWriter, pair
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class Connection:
@@ -77,8 +81,8 @@ class Incoming:
 
 
 class Listener:
-    """A device's presence on the relay (asyncio). Use it as ``async with``; ``async for``
-    yields each accepted :class:`Connection`.
+    """A device's presence on the relay (asyncio), as Rust's ``Listener``. Use it as
+    ``async with``; ``async for`` yields each accepted :class:`Connection`.
 
     ::
 
@@ -87,6 +91,12 @@ class Listener:
             async for conn in listener:
                 asyncio.create_task(handle(conn.reader, conn.writer))
 
+    ``services`` are the names callers may open. To forward streams to local addresses
+    in the background instead of iterating, pass ``forward={"ssh": "127.0.0.1:22"}``
+    (its names are the services unless ``services`` is given too). A ``{name: address}``
+    mapping as ``services`` is the deprecated spelling of ``forward``. ``public`` asks for
+    public ports (``{"web": 8080}``); the connection keywords are :class:`ClientOptions`.
+
     It reconnects by itself after any failure and re-registers; iteration goes on across
     reconnects and ends when the listener is closed.
     """
@@ -94,28 +104,13 @@ class Listener:
     def __init__(
         self,
         *,
-        relay: str,
         device: str,
-        services: Any,
-        pin: str | None = None,
-        ca_file: PathLike | None = None,
-        token: str | None = None,
-        server_name: str | None = None,
-        cert_file: PathLike | None = None,
-        key_file: PathLike | None = None,
-        public: dict[str, int] | None = None,
+        services: Iterable[str] | None = None,
+        forward: Mapping[str, str] | None = None,
+        public: Mapping[str, int] | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        self._config = client_config(
-            relay,
-            pin=pin,
-            ca_file=ca_file,
-            token=token,
-            server_name=server_name,
-            cert_file=cert_file,
-            key_file=key_file,
-        )
-        self._targets = dict(services) if isinstance(services, Mapping) else None
-        self._services, self._public = services_and_public(services, public)
+        self._setup = device_setup(device, services, forward, public, options)
         #: The device ID this listener registers as.
         self.device: str = device
         self._native: _native.Listener | None = None
@@ -127,13 +122,15 @@ class Listener:
     async def start(self) -> Listener:
         """Connects and registers. Raises at once on errors retrying cannot fix (bad
         credential or certificate, forbidden device ID); otherwise keeps retrying in the
-        background. If ``services`` was a ``{name: address}`` mapping, starts forwarding."""
+        background. With ``forward``, starts forwarding."""
         if self._native is None:
-            self._native = await _native.Listener.bind(
-                self._config, self.device, self._services, self._public
+            setup = self._setup
+            native = await _native.Listener.bind(
+                setup.config, setup.device, setup.services, setup.public
             )
-            if self._targets is not None:
-                self._native.forward(self._targets)
+            if setup.targets is not None:
+                native.forward(setup.targets)
+            self._native = native
         return self
 
     def _started(self) -> _native.Listener:
@@ -205,24 +202,9 @@ class Listener:
             await self._native.wait_stopped()
 
 
-class LocalServer:
-    """A local port whose connections are forwarded to a device service."""
-
-    def __init__(self, native: _native.LocalServer) -> None:
-        self._native = native
-
-    @property
-    def address(self) -> str:
-        """The bound ``ip:port``."""
-        return self._native.address
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return self._native.port
-
-    def __repr__(self) -> str:
-        return f"<LocalServer {self.address}>"
+class LocalServer(LocalPort):
+    """A local port whose connections are forwarded to a device service (asyncio), from
+    :meth:`Dialer.serve_local`; :class:`BlockingLocalServer` is the blocking one."""
 
     def close(self) -> None:
         """Stops accepting; connections already forwarded run to their end."""
@@ -240,17 +222,20 @@ class LocalServer:
         await self.wait_closed()
 
 
-class Client:
-    """An access client's session with the relay (asyncio): many streams share one TLS
-    connection. Create it with :func:`tunnel.connect`; it reconnects on the next call if
-    the session was lost."""
+class Dialer:
+    """An access client's session with the relay (asyncio), as Rust's ``Dialer``: many
+    streams share one TLS connection. Create it with :func:`tunnel.connect`; it reconnects
+    on the next call if the session was lost. ``tunnel.Client`` is its deprecated alias.
+
+    Its methods are named after the asyncio calls whose shapes they return
+    (:meth:`open_connection` gives a reader/writer pair), not after Rust's ``dial``."""
 
     def __init__(self, native: _native.Dialer, relay: str) -> None:
         self._native = native
         self._relay = relay
 
     def __repr__(self) -> str:
-        return f"<Client relay={self._relay!r}>"
+        return f"<Dialer relay={self._relay!r}>"
 
     async def open_connection(
         self, device: str, service: str
@@ -276,84 +261,36 @@ class Client:
         """Closes the session; open streams are cut."""
         await self._native.close()
 
-    async def __aenter__(self) -> Client:
+    async def __aenter__(self) -> Dialer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
 
-async def connect(
-    *,
-    relay: str,
-    pin: str | None = None,
-    ca_file: PathLike | None = None,
-    token: str | None = None,
-    server_name: str | None = None,
-    cert_file: PathLike | None = None,
-    key_file: PathLike | None = None,
-) -> Client:
-    """Connects and authenticates to the relay as an access client. Trust the relay by
-    ``pin`` (``sha256:…``) or ``ca_file``; ``token`` defaults to ``$TUNNEL_TOKEN``."""
-    config = client_config(
-        relay,
-        pin=pin,
-        ca_file=ca_file,
-        token=token,
-        server_name=server_name,
-        cert_file=cert_file,
-        key_file=key_file,
-    )
-    return Client(await _native.Dialer.connect(config), relay)
+async def connect(**options: Unpack[ClientOptions]) -> Dialer:
+    """Connects and authenticates to the relay as an access client. The keywords are
+    :class:`ClientOptions`: ``relay``, and trust by ``pin`` (``sha256:…``) or ``ca_file``;
+    ``token`` defaults to ``$TUNNEL_TOKEN``."""
+    config = client_config(options)
+    return Dialer(await _native.Dialer.connect(config), config.relay)
 
 
 async def open_connection(
-    *,
-    relay: str,
-    device: str,
-    service: str,
-    pin: str | None = None,
-    ca_file: PathLike | None = None,
-    token: str | None = None,
-    server_name: str | None = None,
-    cert_file: PathLike | None = None,
-    key_file: PathLike | None = None,
+    *, device: str, service: str, **options: Unpack[ClientOptions]
 ) -> tuple[TunnelReader, TunnelWriter]:
     """Like :func:`asyncio.open_connection`, to ``service`` on ``device`` through the
-    relay. The session with the relay lives as long as the stream."""
-    client = await connect(
-        relay=relay,
-        pin=pin,
-        ca_file=ca_file,
-        token=token,
-        server_name=server_name,
-        cert_file=cert_file,
-        key_file=key_file,
-    )
-    return await client.open_connection(device, service)
+    relay (connection keywords: :class:`ClientOptions`). The session with the relay lives
+    as long as the stream."""
+    dialer = await connect(**options)
+    return await dialer.open_connection(device, service)
 
 
-async def list_devices(
-    *,
-    relay: str,
-    pin: str | None = None,
-    ca_file: PathLike | None = None,
-    token: str | None = None,
-    server_name: str | None = None,
-    cert_file: PathLike | None = None,
-    key_file: PathLike | None = None,
-) -> list[DeviceInfo]:
-    """The devices the credential may reach, online or not (one short session)."""
-    client = await connect(
-        relay=relay,
-        pin=pin,
-        ca_file=ca_file,
-        token=token,
-        server_name=server_name,
-        cert_file=cert_file,
-        key_file=key_file,
-    )
+async def list_devices(**options: Unpack[ClientOptions]) -> list[DeviceInfo]:
+    """The devices the credential may reach, online or not (one short session;
+    connection keywords: :class:`ClientOptions`)."""
+    dialer = await connect(**options)
     try:
-        return await client.list_devices()
+        return await dialer.list_devices()
     finally:
-        await client.close()
+        await dialer.close()

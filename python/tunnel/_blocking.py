@@ -1,4 +1,4 @@
-"""The blocking API, for plain scripts and services: Agent, BlockingClient, TunnelSocket.
+"""The blocking API, for plain scripts and services: Agent, BlockingDialer, TunnelSocket.
 
 Every wait releases the GIL and answers Ctrl-C within a tenth of a second.
 """
@@ -7,10 +7,22 @@ from __future__ import annotations
 
 import socket
 from types import TracebackType
-from typing import Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from . import _native
-from ._config import DeviceInfo, PathLike, State, client_config, device_infos, state
+from ._config import (
+    ClientOptions,
+    DeviceInfo,
+    LocalPort,
+    State,
+    client_config,
+    device_infos,
+    device_setup,
+    state,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 #: How long ``Agent.run`` waits for a clean disconnect after Ctrl-C before re-raising.
@@ -19,44 +31,39 @@ _STOP_WAIT = 5.0
 
 class Agent:
     """A device agent for plain scripts: registers ``device`` with the relay and forwards
-    each named service to its local address, reconnecting by itself until stopped.
+    each service of ``forward`` to its local address, reconnecting by itself until stopped.
 
     ::
 
         agent = tunnel.Agent(relay="relay.example.com:7835", pin=PIN, token=TOKEN,
-                             device="pi-42", services={"ssh": "127.0.0.1:22"})
+                             device="pi-42", forward={"ssh": "127.0.0.1:22"})
         agent.run()   # until Ctrl-C or agent.stop() (e.g. from a SIGTERM handler)
+
+    Not named ``BlockingListener`` on purpose: it is Rust's ``Listener`` together with
+    ``tunnel_core::forward``, the job of the ``tunnel-agent`` program, and it has no
+    ``accept``; a blocking program that answers each stream itself would need a thread
+    per stream, which the asyncio :class:`Listener` does better.
+
+    ``forward`` maps each service to its local ``host:port``; ``services`` (names) may
+    list more services, which are refused as unknown. A ``{name: address}`` mapping as
+    ``services`` is the deprecated spelling of ``forward``. ``public`` asks for public
+    ports; the connection keywords are :class:`ClientOptions`.
     """
 
     def __init__(
         self,
         *,
-        relay: str,
         device: str,
-        services: Mapping[str, str],
-        pin: str | None = None,
-        ca_file: PathLike | None = None,
-        token: str | None = None,
-        server_name: str | None = None,
-        cert_file: PathLike | None = None,
-        key_file: PathLike | None = None,
+        forward: Mapping[str, str] | None = None,
+        services: Iterable[str] | None = None,
         public: Mapping[str, int] | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        if not isinstance(services, Mapping):
-            raise TypeError("services must map each service name to a local host:port")
-        self._config = client_config(
-            relay,
-            pin=pin,
-            ca_file=ca_file,
-            token=token,
-            server_name=server_name,
-            cert_file=cert_file,
-            key_file=key_file,
-        )
+        self._setup = device_setup(device, services, forward, public, options)
+        if self._setup.targets is None:
+            raise TypeError("an Agent forwards: give forward={name: local host:port}")
         #: The device ID this agent registers as.
         self.device: str = device
-        self._services = dict(services)
-        self._public = list((public or {}).items())
         self._native: _native.Listener | None = None
 
     def __repr__(self) -> str:
@@ -67,10 +74,12 @@ class Agent:
         errors retrying cannot fix (bad credential or certificate, forbidden device ID);
         if the relay is just unreachable, it keeps retrying in the background."""
         if self._native is None:
+            setup = self._setup
+            assert setup.targets is not None  # checked in __init__
             listener = _native.Listener.bind_blocking(
-                self._config, self.device, list(self._services), self._public, timeout
+                setup.config, setup.device, setup.services, setup.public, timeout
             )
-            listener.forward(self._services)
+            listener.forward(setup.targets)
             self._native = listener
 
     def run(self) -> None:
@@ -188,75 +197,47 @@ class TunnelSocket:
         self.close()
 
 
-class LocalForward:
-    """A local port forwarded to a device service, for blocking programs."""
-
-    def __init__(self, native: _native.LocalServer) -> None:
-        self._native = native
-
-    @property
-    def address(self) -> str:
-        """The bound ``ip:port``."""
-        return self._native.address
-
-    @property
-    def port(self) -> int:
-        """The bound port."""
-        return self._native.port
-
-    def __repr__(self) -> str:
-        return f"<LocalForward {self.address}>"
+class BlockingLocalServer(LocalPort):
+    """A local port whose connections are forwarded to a device service, for blocking
+    programs, from :meth:`BlockingDialer.serve_local`. ``tunnel.LocalForward`` is its
+    deprecated alias."""
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Stops accepting and waits until the port is released."""
         self._native.close()
         self._native.wait_closed_blocking(timeout)
 
-    def __enter__(self) -> LocalForward:
+    def __enter__(self) -> BlockingLocalServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-class BlockingClient:
-    """An access client's session with the relay, for blocking programs. Connects in the
-    constructor; many streams share one TLS connection.
+class BlockingDialer:
+    """An access client's session with the relay, for blocking programs: Rust's
+    ``Dialer``. Connects in the constructor (connection keywords: :class:`ClientOptions`;
+    ``timeout`` bounds the connect); many streams share one TLS connection.
+    ``tunnel.BlockingClient`` is its deprecated alias.
 
     ::
 
-        with tunnel.BlockingClient(relay=..., pin=PIN, token=TOKEN) as client:
-            with client.connect("pi-42", "web") as sock:
+        with tunnel.BlockingDialer(relay=..., pin=PIN, token=TOKEN) as dialer:
+            with dialer.connect("pi-42", "web") as sock:
                 sock.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
                 print(sock.recv(65536))
+
+    :meth:`connect` is named after the socket call whose shape it returns, not after
+    Rust's ``dial``.
     """
 
-    def __init__(
-        self,
-        *,
-        relay: str,
-        pin: str | None = None,
-        ca_file: PathLike | None = None,
-        token: str | None = None,
-        server_name: str | None = None,
-        cert_file: PathLike | None = None,
-        key_file: PathLike | None = None,
-        timeout: float | None = None,
-    ) -> None:
-        config = client_config(
-            relay,
-            pin=pin,
-            ca_file=ca_file,
-            token=token,
-            server_name=server_name,
-            cert_file=cert_file,
-            key_file=key_file,
-        )
-        self._relay = relay
+    def __init__(self, *, timeout: float | None = None, **options: Unpack[ClientOptions]) -> None:
+        config = client_config(options)
+        self._relay = config.relay
         self._native = _native.Dialer.connect_blocking(config, timeout)
 
     def __repr__(self) -> str:
-        return f"<BlockingClient relay={self._relay!r}>"
+        return f"<BlockingDialer relay={self._relay!r}>"
 
     def connect(self, device: str, service: str, timeout: float | None = None) -> TunnelSocket:
         """Opens a stream to ``service`` on ``device`` as a :class:`TunnelSocket`."""
@@ -269,16 +250,16 @@ class BlockingClient:
 
     def serve_local(
         self, device: str, service: str, *, host: str = "127.0.0.1", port: int = 0
-    ) -> LocalForward:
+    ) -> BlockingLocalServer:
         """Serves ``host:port`` in the background: each connection is forwarded to
         ``service`` on ``device``."""
-        return LocalForward(self._native.serve_local(f"{host}:{port}", device, service))
+        return BlockingLocalServer(self._native.serve_local(f"{host}:{port}", device, service))
 
     def close(self, timeout: float | None = 10.0) -> None:
         """Closes the session; open streams are cut."""
         self._native.close_blocking(timeout)
 
-    def __enter__(self) -> BlockingClient:
+    def __enter__(self) -> BlockingDialer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -286,30 +267,12 @@ class BlockingClient:
 
 
 def create_connection(
-    *,
-    relay: str,
-    device: str,
-    service: str,
-    pin: str | None = None,
-    ca_file: PathLike | None = None,
-    token: str | None = None,
-    server_name: str | None = None,
-    cert_file: PathLike | None = None,
-    key_file: PathLike | None = None,
-    timeout: float | None = None,
+    *, device: str, service: str, timeout: float | None = None, **options: Unpack[ClientOptions]
 ) -> TunnelSocket:
     """Like :func:`socket.create_connection`, to ``service`` on ``device`` through the
-    relay (blocking). The session with the relay lives as long as the socket."""
-    client = BlockingClient(
-        relay=relay,
-        pin=pin,
-        ca_file=ca_file,
-        token=token,
-        server_name=server_name,
-        cert_file=cert_file,
-        key_file=key_file,
-        timeout=timeout,
-    )
-    sock = client.connect(device, service, timeout)
+    relay (blocking; connection keywords: :class:`ClientOptions`). The session with the
+    relay lives as long as the socket."""
+    dialer = BlockingDialer(timeout=timeout, **options)
+    sock = dialer.connect(device, service, timeout)
     sock.settimeout(timeout)
     return sock

@@ -5,7 +5,11 @@ Methods without suffix that wait return asyncio awaitables and need a running lo
 and raise the builtin ``TimeoutError`` after ``timeout`` seconds.
 """
 
+import builtins
 from typing import Awaitable
+
+#: ``(device, online, services)``, as ``Dialer.list`` returns them.
+_DeviceRow = tuple[str, bool, builtins.list[str]]
 
 class TunnelError(Exception):
     """Base class of every error raised by tunnel."""
@@ -51,6 +55,11 @@ class InternalError(TunnelError):
 
 def generate_token() -> str:
     """A fresh random token (``tun_`` and 256 bits as hex)."""
+
+def error_table() -> list[tuple[str, str, type[BaseException]]]:
+    """``(kind, exception name, class raised)`` for every row of tunnel-core's status table
+    (``ErrorKind``): the name the core gives and the class this module raises for it
+    (the builtin ``OSError`` for ``Io``)."""
 
 def at_exit() -> None:
     """Registered with ``atexit``: stops handing results to Python before finalization."""
@@ -105,7 +114,8 @@ class Stream:
         """Blocking ``wait_closed``."""
 
 class LocalServer:
-    """A local port forwarded to a device service."""
+    """A local port forwarded to a device service (``tunnel.LocalServer`` and
+    ``tunnel.BlockingLocalServer`` wrap it)."""
 
     @property
     def address(self) -> str:
@@ -133,9 +143,9 @@ class Dialer:
         """Opens a stream to ``service`` on ``device``."""
     def dial_blocking(self, device: str, service: str, timeout: float | None = None) -> Stream:
         """Blocking ``dial``."""
-    def list(self) -> Awaitable[list[tuple[str, bool, list[str]]]]:
+    def list(self) -> Awaitable[builtins.list[_DeviceRow]]:
         """``(device, online, services)`` for each reachable device."""
-    def list_blocking(self, timeout: float | None = None) -> list[tuple[str, bool, list[str]]]:
+    def list_blocking(self, timeout: float | None = None) -> builtins.list[_DeviceRow]:
         """Blocking ``list``."""
     def serve_local(self, listen: str, device: str, service: str) -> LocalServer:
         """Forwards a local port to a device service; binds at once."""
@@ -180,8 +190,8 @@ class Listener:
         """The next caller, or ``None`` once closed."""
     def accept_blocking(self, timeout: float | None = None) -> Incoming | None:
         """Blocking ``accept``."""
-    def state(self) -> tuple[str, str | None, list[tuple[str, int]]]:
-        """``(kind, last_error, public_ports)``."""
+    def state(self) -> tuple[str, str | None, list[tuple[str, int]], list[tuple[str, str]]]:
+        """``(kind, last_error, public_ports, public_failed)``."""
     def wait_connected(self, timeout: float) -> Awaitable[list[tuple[str, int]]]:
         """Waits until connected."""
     def wait_connected_blocking(self, timeout: float) -> list[tuple[str, int]]:

@@ -12,8 +12,14 @@ use crate::config::ClientConfig;
 use crate::stream::Stream;
 use crate::{awaitable, block_on, errors, runtime};
 
-/// `(kind, last_error, public_ports)`: kind is `connected`, `reconnecting` or `stopped`.
-type StateRow = (&'static str, Option<String>, Vec<(String, u16)>);
+/// `(kind, last_error, public_ports, public_failed)`: kind is `connected`, `reconnecting`
+/// or `stopped`; `public_failed` lists the public ports the relay left out, with why.
+type StateRow = (
+    &'static str,
+    Option<String>,
+    Vec<(String, u16)>,
+    Vec<(String, String)>,
+);
 
 /// A device registered with the relay; reconnects by itself until closed.
 #[pyclass(frozen, module = "tunnel._native")]
@@ -114,14 +120,18 @@ impl Listener {
         block_on(py, timeout, accept(self.inner.clone()))
     }
 
-    /// The connection state as `(kind, last_error, public_ports)`.
+    /// The connection state as `(kind, last_error, public_ports, public_failed)`.
     fn state(&self) -> StateRow {
         match self.inner.state() {
-            ListenerState::Connected { public } => ("connected", None, public),
+            ListenerState::Connected {
+                public,
+                public_failed,
+                ..
+            } => ("connected", None, public, public_failed),
             ListenerState::Reconnecting { last_error } => {
-                ("reconnecting", Some(last_error), Vec::new())
+                ("reconnecting", Some(last_error), Vec::new(), Vec::new())
             }
-            _ => ("stopped", None, Vec::new()),
+            _ => ("stopped", None, Vec::new(), Vec::new()),
         }
     }
 
