@@ -10,21 +10,20 @@
 //! The fd limit must allow the devices (this machine's is 20 000, two sockets per device in
 //! all: one here, one in the relay).
 
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 use tokio::sync::Semaphore;
-use tunnel_benches::procs::{
-    Proc, Tunnel, TunnelOptions, build_release_binaries, cpu_secs, release_dir, rss_kib,
-};
+use tunnel_benches::procs::{Tunnel, TunnelOptions, build_release_binaries, release_bins};
 use tunnel_benches::servers::Servers;
 use tunnel_benches::workload::{Duplex, Target, transfer};
 use tunnel_benches::{WAIT, env_or};
 use tunnel_core::{
     ClientConfig, DeviceConfig, Dialer, Listener, SpkiPin, Token, TokenEntry, TokenFile,
 };
+use tunnel_testkit::{Proc, cpu_secs, fresh_dir, rss_kib};
 
 /// Registrations in flight at once: under the relay's per-source handshake cap (32).
 const CONCURRENT_REGISTRATIONS: usize = 16;
@@ -49,8 +48,7 @@ fn main() {
 /// Relay RSS as idle devices join, in steps.
 async fn devices(steps: &[usize]) {
     let max = steps.iter().copied().max().unwrap_or(0);
-    let dir = std::env::temp_dir().join(format!("tunnel-scale-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = fresh_dir("scale");
     let mut file = TokenFile::default();
     let mut tokens = Vec::with_capacity(max);
     for i in 0..max {
@@ -65,13 +63,13 @@ async fn devices(steps: &[usize]) {
         tokens.push(token);
     }
     file.save(dir.join("tokens.toml")).expect("token file");
-    let mut cmd = Command::new(release_dir().join("tunnel-relay"));
+    let mut cmd = Command::new(release_bins().relay);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--tokens"])
         .arg(dir.join("tokens.toml"))
         .arg("--state-dir")
         .arg(dir.join("state"))
         .env("RUST_LOG", "error");
-    let (relay, v) = Proc::spawn(&mut cmd, &["listening", "pin"]).await;
+    let (relay, v) = Proc::start(&mut cmd, &["listening", "pin"], WAIT).await;
     let (addr, pin): (String, SpkiPin) = (v[0].clone(), v[1].parse().expect("pin"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base = rss_kib(relay.pid());

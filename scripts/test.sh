@@ -12,7 +12,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
-# The integration tests start the example binaries; build them first.
+# Cargo builds the example binaries for their own tests (examples/tests/); the namespace
+# suite and the Python tests below run them from target/debug, so build them explicitly.
 cargo build --quiet -p tunnel-examples --bins
 cargo test --workspace --quiet
 

@@ -1,15 +1,12 @@
 //! End-to-end data path: Dialer → relay → device Listener → local service, over real
 //! sockets and real TLS; public ports; large, concurrent and half-closed transfers; listing.
 
-mod support;
-
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tunnel_core::*;
-
-use support::*;
+use tunnel_testkit::*;
 
 const DEVICE: usize = 0;
 const USER: usize = 1;

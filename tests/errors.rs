@@ -2,13 +2,10 @@
 //! offline devices, unknown services, refused local targets, unreachable or impostor
 //! relays, bad tokens, device-ID ownership and public-port policy.
 
-mod support;
-
 use std::time::Duration;
 
 use tunnel_core::*;
-
-use support::*;
+use tunnel_testkit::*;
 
 const DEVICE: usize = 0;
 const USER: usize = 1;

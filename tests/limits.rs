@@ -1,14 +1,11 @@
 //! Limits and shutdown: a session at its stream limit fails one open, not the session; a
 //! relay shutting down refuses new streams and lets running ones finish.
 
-mod support;
-
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_core::*;
-
-use support::*;
+use tunnel_testkit::*;
 
 const DEVICE: usize = 0;
 const USER: usize = 1;

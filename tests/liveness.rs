@@ -1,15 +1,12 @@
 //! Liveness: devices come back by themselves after a relay restart, heartbeats detect silent
 //! peers on both sides, and an abrupt failure always reads as an error, never a clean EOF.
 
-mod support;
-
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tunnel_core::*;
-
-use support::*;
+use tunnel_testkit::*;
 
 const DEVICE: usize = 0;
 const USER: usize = 1;

@@ -1,25 +1,31 @@
-//! The tunnel's relay and device agent as real release processes, as users run them, and
-//! readers for a process's memory and CPU time.
+//! The tunnel's relay and device agent as real release processes, as users run them. The
+//! process helpers (guard, tokens, output lines, memory and CPU readers) are the test kit's.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::Command;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tunnel_core::{SpkiPin, Token};
+use tunnel_testkit::{Bins, Proc, fresh_dir};
 
 use crate::WAIT;
 
-/// Directory of the release binaries (`target/release`).
-pub fn release_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release")
+/// The release example binaries, built by [`build_release_binaries`].
+///
+/// Found by directory (`target/release`) rather than the cargo way (`CARGO_BIN_EXE_*`, as
+/// `examples/tests/` does): cargo sets those variables only for the integration tests and
+/// benches of the package that defines the binaries, `tunnel-examples`, and builds them in
+/// the profile of the command that runs the tests. These benches live in `tunnel-benches`
+/// and must measure release builds.
+pub fn release_bins() -> Bins {
+    Bins::in_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"))
 }
 
-/// Builds the release example binaries (relay, agent, access); call once before [`Tunnel::start`].
+/// Builds the release example binaries (relay, agent, access); call once before
+/// [`release_bins`] or [`Tunnel::start`].
 pub fn build_release_binaries() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
+    let status = Command::new(cargo)
         .args([
             "build",
             "--release",
@@ -31,84 +37,6 @@ pub fn build_release_binaries() {
         .status()
         .expect("cargo build");
     assert!(status.success(), "building the release binaries failed");
-}
-
-/// Resident memory of a process, in KiB (`VmRSS`).
-pub fn rss_kib(pid: u32) -> u64 {
-    proc_status(pid, "VmRSS:")
-}
-
-/// Peak resident memory of a process, in KiB (`VmHWM`).
-pub fn peak_rss_kib(pid: u32) -> u64 {
-    proc_status(pid, "VmHWM:")
-}
-
-fn proc_status(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU time (user + system, all threads) a process has used, in seconds.
-pub fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // USER_HZ is 100 on Linux.
-    f.iter().sum::<u64>() as f64 / 100.0
-}
-
-/// A child process, killed (by its own PID) on drop.
-pub struct Proc {
-    child: Child,
-}
-
-impl Proc {
-    /// Spawns `cmd`, and reads its stdout until a line starting with each of `keys` has
-    /// been seen; returns their values (the rest of the line). Later output is drained.
-    pub async fn spawn(cmd: &mut Command, keys: &[&str]) -> (Self, Vec<String>) {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut found = vec![String::new(); keys.len()];
-        let read = async {
-            while found.iter().any(String::is_empty) {
-                let line = lines
-                    .next_line()
-                    .await
-                    .expect("stdout")
-                    .expect("process ended early");
-                for (i, k) in keys.iter().enumerate() {
-                    if let Some(v) = line.strip_prefix(&format!("{k} ")) {
-                        found[i] = v.to_owned();
-                    }
-                }
-            }
-        };
-        tokio::time::timeout(WAIT, read)
-            .await
-            .expect("process start timed out");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        (Self { child }, found)
-    }
-
-    /// The process ID.
-    pub fn pid(&self) -> u32 {
-        self.child.id().expect("running")
-    }
 }
 
 /// Options for [`Tunnel::start`].
@@ -154,19 +82,16 @@ pub struct Tunnel {
 impl Tunnel {
     /// Starts relay and agent; `sink` and `echo` are the local servers the agent exposes.
     pub async fn start(sink: SocketAddr, echo: SocketAddr, opts: &TunnelOptions) -> Self {
-        let bin = release_dir();
-        let dir = std::env::temp_dir().join(format!(
-            "tunnel-bench-{}-{}",
-            std::process::id(),
-            opts.public_ports.0
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let bins = release_bins();
+        let dir = fresh_dir(&format!("bench-{}", opts.public_ports.0));
         let tokens = dir.join("tokens.toml");
-        let device_token = new_token(&bin, &tokens, "dev", &["--device", "*", "--public"]);
-        let access_token = new_token(&bin, &tokens, "acc", &["--access", "*/*"]);
+        let device_token =
+            Token::new(bins.new_token(&tokens, &["--name", "dev", "--device", "*", "--public"]));
+        let access_token =
+            Token::new(bins.new_token(&tokens, &["--name", "acc", "--access", "*/*"]));
         let streams = opts.max_streams.map(|n| n.to_string());
 
-        let mut cmd = Command::new(bin.join("tunnel-relay"));
+        let mut cmd = Command::new(&bins.relay);
         cmd.args([
             "serve",
             "--listen",
@@ -184,10 +109,10 @@ impl Tunnel {
         if let Some(n) = &streams {
             cmd.args(["--max-streams", n]);
         }
-        let (relay, v) = Proc::spawn(&mut cmd, &["listening", "pin"]).await;
+        let (relay, v) = Proc::start(&mut cmd, &["listening", "pin"], WAIT).await;
         let (relay_addr, pin) = (v[0].clone(), v[1].parse().expect("pin"));
 
-        let mut cmd = Command::new(bin.join("tunnel-agent"));
+        let mut cmd = Command::new(&bins.agent);
         cmd.args([
             "--relay",
             &relay_addr,
@@ -204,7 +129,7 @@ impl Tunnel {
         if let Some(n) = &streams {
             cmd.args(["--max-streams", n]);
         }
-        let (agent, v) = Proc::spawn(&mut cmd, &["public sink", "public echo"]).await;
+        let (agent, v) = Proc::start(&mut cmd, &["public sink", "public echo"], WAIT).await;
         let port =
             |s: &str| -> SocketAddr { format!("127.0.0.1:{s}").parse().expect("public port") };
         Self {
@@ -231,25 +156,4 @@ impl Drop for Tunnel {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn new_token(bin: &Path, file: &Path, name: &str, grants: &[&str]) -> Token {
-    let out = std::process::Command::new(bin.join("tunnel-relay"))
-        .args(["token", "new", "--file"])
-        .arg(file)
-        .args(["--name", name])
-        .args(grants)
-        .output()
-        .expect("tunnel-relay token new");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Token::new(
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_owned(),
-    )
 }

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 use tokio_rustls::{TlsAcceptor, TlsConnector, rustls};
+use tunnel_testkit::spawn_server;
 
 use crate::CHUNK;
 
@@ -33,10 +34,10 @@ impl Servers {
             .build()
             .expect("server runtime");
         let (sink, echo, tls_sink, tls_client) = rt.block_on(async {
-            let sink = serve(|s| async move { count_and_reply(s).await }).await;
-            let echo = serve(|s| async move { echo(s).await }).await;
+            let sink = spawn_server(|s| async move { count_and_reply(s).await }).await;
+            let echo = spawn_server(|s| async move { echo(s).await }).await;
             let (acceptor, connector) = tls_pair();
-            let tls_sink = serve(move |s| {
+            let tls_sink = spawn_server(move |s| {
                 let acceptor = acceptor.clone();
                 async move {
                     if let Ok(tls) = acceptor.accept(s).await {
@@ -60,7 +61,7 @@ impl Servers {
     /// no crypto" baseline, like socat or bore's data path) and returns its address.
     pub fn forwarder(&self, target: SocketAddr) -> SocketAddr {
         let rt = self.rt.as_ref().expect("running");
-        rt.block_on(serve(move |mut inbound| async move {
+        rt.block_on(spawn_server(move |mut inbound| async move {
             if let Ok(mut outbound) = TcpStream::connect(target).await {
                 let _ = outbound.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional_with_sizes(
@@ -81,23 +82,6 @@ impl Drop for Servers {
             rt.shutdown_background();
         }
     }
-}
-
-/// Binds `127.0.0.1:0` and runs `handle` on every accepted connection (TCP_NODELAY set).
-async fn serve<F, Fut>(handle: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            let _ = s.set_nodelay(true);
-            tokio::spawn(handle(s));
-        }
-    });
-    addr
 }
 
 /// Reads everything, then replies with the byte count: the sender measures delivered bytes.

@@ -16,10 +16,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tunnel_benches::procs::rss_kib;
 use tunnel_benches::servers::Servers;
 use tunnel_benches::workload::{Duplex, Target, aggregate_echo, first_byte, round_trips, transfer};
 use tunnel_benches::{median, percentile};
+use tunnel_testkit::rss_kib;
 
 #[derive(Parser)]
 #[command(about = "Load generator for benches/compare.sh")]

@@ -1,20 +1,18 @@
-//! Hostile input against a real relay process (`target/debug/tunnel-relay`): garbage and
-//! truncated TLS, wrong ALPN, malformed and oversized hellos and stream headers, slowloris,
-//! token brute force, stream and frame floods, a peer that stops reading, and a device that
-//! tries to open streams. After each attack the relay must still serve a legitimate device
-//! and access client; the relay's memory (VmHWM from /proc) is printed as `MEASURE` lines
-//! (run with `--nocapture` to see them) and bounded with generous slack.
+//! Hostile input against a real relay process (`tunnel-relay`, which cargo builds for this
+//! test): garbage and truncated TLS, wrong ALPN, malformed and oversized hellos and stream
+//! headers, slowloris, token brute force, stream and frame floods, a peer that stops reading,
+//! and a device that tries to open streams. After each attack the relay must still serve a
+//! legitimate device and access client; the relay's memory (VmHWM from /proc) is printed as
+//! `MEASURE` lines (run with `--nocapture` to see them) and bounded with generous slack.
 //!
 //! The attackers speak raw bytes (TLS via rustls, then hand-made hello and yamux frames), so
 //! they can do what no well-behaved client would. Attack sources other than the legitimate
 //! clients use other loopback addresses (127.0.0.2 and up) to exercise per-source limits.
 
-mod support;
-
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,16 +20,16 @@ use std::time::{Duration, Instant};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, ListenerState, SpkiPin, Token};
+use tunnel_testkit::{
+    Proc, TestDevice, WAIT, cargo_bins, echo_exchange, fresh_dir, peak_rss_kib, reset_peak_rss,
+    rss_kib, spawn_echo_server, spawn_server, start_device, within,
+};
 
-use support::{TestDevice, echo_exchange, spawn_echo_server, start_device, within};
-
-/// Bound on every single wait; generous because the machine may be loaded.
-const WAIT: Duration = Duration::from_secs(30);
 /// The relay's heartbeat in these tests: a silent session is closed after 3 × 1 s.
 const HEARTBEAT_MS: u64 = 1000;
 
@@ -39,40 +37,10 @@ const HEARTBEAT_MS: u64 = 1000;
 // The relay process
 // ---------------------------------------------------------------------------------------
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo build -p tunnel-examples --bins` first",
-        path.display()
-    );
-    path
-}
-
-fn new_token(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(bin("tunnel-relay"))
-        .args(["token", "new", "--file"])
-        .arg(dir.join("tokens.toml"))
-        .args(args)
-        .output()
-        .expect("tunnel-relay token new");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .trim()
-        .to_owned()
-}
-
 /// A relay process (killed by its PID on drop) with a device credential `dev` (registers
 /// `dev`), a second device credential `dev2` and an access credential `user` (`dev/*`).
 struct RelayProc {
-    child: Child,
+    child: Proc,
     addr: SocketAddr,
     pin: SpkiPin,
     device_token: String,
@@ -83,59 +51,39 @@ struct RelayProc {
 
 impl Drop for RelayProc {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Killed first: the directory holds the relay's log and state.
+        self.child.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 impl RelayProc {
     async fn start(name: &str) -> Self {
-        let dir =
-            std::env::temp_dir().join(format!("tunnel-hostile-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let device_token = new_token(&dir, &["--name", "dev", "--device", "dev"]);
-        let device2_token = new_token(&dir, &["--name", "dev2", "--device", "dev2"]);
-        let user_token = new_token(&dir, &["--name", "user", "--access", "dev/*"]);
-        let mut child = Command::new(bin("tunnel-relay"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--grace-secs", "1"])
-            .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string(), "--tokens"])
-            .arg(dir.join("tokens.toml"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("relay.log")).expect("relay log"))
-            .spawn()
-            .expect("spawn tunnel-relay");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines =
-            BufReader::new(tokio::process::ChildStdout::from_std(stdout).expect("async")).lines();
-        let (mut addr, mut pin) = (None, None);
-        within("relay prints its address and pin", WAIT, async {
-            while addr.is_none() || pin.is_none() {
-                let line = lines
-                    .next_line()
-                    .await
-                    .expect("stdout")
-                    .expect("relay exited");
-                if let Some(a) = line.strip_prefix("listening ") {
-                    addr = Some(a.parse().expect("address"));
-                }
-                if let Some(p) = line.strip_prefix("pin ") {
-                    pin = Some(p.parse().expect("pin"));
-                }
-            }
-        })
-        .await;
-        // Keep draining stdout so the relay never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let bins = cargo_bins!();
+        let dir = fresh_dir(&format!("hostile-{name}"));
+        let tokens = dir.join("tokens.toml");
+        let device_token = bins.new_token(&tokens, &["--name", "dev", "--device", "dev"]);
+        let device2_token = bins.new_token(&tokens, &["--name", "dev2", "--device", "dev2"]);
+        let user_token = bins.new_token(&tokens, &["--name", "user", "--access", "dev/*"]);
+        let mut child = Proc::spawn(
+            Command::new(&bins.relay)
+                .args(["serve", "--listen", "127.0.0.1:0", "--grace-secs", "1"])
+                .args(["--heartbeat-ms", &HEARTBEAT_MS.to_string(), "--tokens"])
+                .arg(&tokens)
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .env("RUST_LOG", "warn")
+                .stderr(std::fs::File::create(dir.join("relay.log")).expect("relay log")),
+        );
+        let [addr, pin]: [String; 2] = child
+            .read_keys(&["listening", "pin"], WAIT)
+            .await
+            .try_into()
+            .unwrap();
         Self {
             child,
-            addr: addr.expect("addr"),
-            pin: pin.expect("pin"),
+            addr: addr.parse().expect("address"),
+            pin: pin.parse().expect("pin"),
             device_token,
             device2_token,
             user_token,
@@ -149,22 +97,12 @@ impl RelayProc {
 
     /// (VmRSS, VmHWM) of the relay process, in KiB.
     fn memory(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("relay process status");
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        (rss_kib(self.child.pid()), peak_rss_kib(self.child.pid()))
     }
 
     /// Resets the peak (VmHWM) to the current RSS, so the next reading is this attack's peak.
     fn reset_peak(&self) {
-        let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+        reset_peak_rss(self.child.pid());
     }
 
     /// Waits until the relay's log (warnings and errors) contains `text`.
@@ -182,10 +120,7 @@ impl RelayProc {
     }
 
     fn assert_alive(&mut self) {
-        assert!(
-            self.child.try_wait().expect("wait").is_none(),
-            "the relay process died"
-        );
+        assert!(self.child.is_running(), "the relay process died");
     }
 
     /// Prints and bounds the relay's memory peak since `reset_peak`.
@@ -858,24 +793,20 @@ async fn empty_frame_flood_closes_only_the_abusive_session() {
 
 /// A service that writes endlessly to whoever connects; counts connections that ended.
 async fn spawn_source_server(ended: Arc<AtomicUsize>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let ended = ended.clone();
-            tokio::spawn(async move {
-                let chunk = vec![0x5a; 64 * 1024];
-                // Bounded: 1 GiB per connection at most.
-                for _ in 0..16 * 1024 {
-                    if tcp.write_all(&chunk).await.is_err() {
-                        break;
-                    }
+    spawn_server(move |mut tcp| {
+        let ended = ended.clone();
+        async move {
+            let chunk = vec![0x5a; 64 * 1024];
+            // Bounded: 1 GiB per connection at most.
+            for _ in 0..16 * 1024 {
+                if tcp.write_all(&chunk).await.is_err() {
+                    break;
                 }
-                ended.fetch_add(1, Ordering::Relaxed);
-            });
+            }
+            ended.fetch_add(1, Ordering::Relaxed);
         }
-    });
-    addr
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
