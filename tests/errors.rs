@@ -376,8 +376,16 @@ async fn a_device_id_held_by_another_credential_is_refused_as_taken() {
                 "alice undisturbed"
             );
 
-            // Once alice leaves, bob's retries take the ID.
+            // Once alice leaves, the ID stays hers (a blip must not hand it to another
+            // credential); only an operator's release lets bob's retries take it.
             drop(alice);
+            relay.wait_offline("shared", WAIT).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            assert!(
+                !matches!(bob.listener.state(), ListenerState::Connected { .. }),
+                "bob took the ID while its owner was offline"
+            );
+            assert!(relay.relay.release_device("shared"), "the ID had an owner");
             within(
                 "bob connects once alice left",
                 WAIT,

@@ -77,10 +77,12 @@ async fn a_certificate_from_an_untrusted_issuer_is_refused_and_tokens_still_work
     let trusted = TlsIdentity::generate_self_signed(&["pi-7"]).unwrap();
     let token = Token::generate().unwrap();
     let mut tokens = TokenAuthenticator::new();
-    tokens.add(
-        token.hash(),
-        Identity::new("tok", Grants::new().register(Pattern::new("pi-9").unwrap())),
-    );
+    tokens
+        .insert(
+            token.hash(),
+            Identity::new("tok", Grants::new().register(Pattern::new("pi-9").unwrap())),
+        )
+        .unwrap();
     let (addr, pin) = relay_trusting(&trusted, tokens).await;
 
     let rogue = TlsIdentity::generate_self_signed(&["pi-7"]).unwrap();

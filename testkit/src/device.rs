@@ -23,7 +23,7 @@ impl TestDevice {
     /// The public ports the relay bound for this device, as last reported.
     pub fn public_ports(&self) -> Vec<(String, u16)> {
         match self.listener.state() {
-            ListenerState::Connected { public } => public,
+            ListenerState::Connected { public, .. } => public,
             other => panic!("device not connected: {other:?}"),
         }
     }

@@ -111,7 +111,8 @@ fn start_relay(
 ) -> TestRelay {
     let mut auth = TokenAuthenticator::new();
     for ((name, grants), token) in creds.iter().zip(&tokens) {
-        auth.add(token.hash(), Identity::new(name.clone(), grants.clone()));
+        auth.insert(token.hash(), Identity::new(name.clone(), grants.clone()))
+            .expect("test credentials have distinct names");
     }
     let relay = configure(Relay::builder(identity.clone(), auth))
         .build()
