@@ -26,8 +26,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, ListenerState, SpkiPin, Token};
 use tunnel_testkit::{
-    Proc, TestDevice, WAIT, cargo_bins, echo_exchange, fresh_dir, peak_rss_kib, reset_peak_rss,
-    rss_kib, spawn_echo_server, spawn_server, start_device, within,
+    Proc, TestDevice, WAIT, cargo_bins, echo_exchange, eventually, fresh_dir, peak_rss_kib,
+    reset_peak_rss, rss_kib, spawn_echo_server, spawn_greeting_server, spawn_server, start_device,
+    try_start_device, within,
 };
 
 /// The relay's heartbeat in these tests: a silent session is closed after 3 × 1 s.
@@ -38,7 +39,8 @@ const HEARTBEAT_MS: u64 = 1000;
 // ---------------------------------------------------------------------------------------
 
 /// A relay process (killed by its PID on drop) with a device credential `dev` (registers
-/// `dev`), a second device credential `dev2` and an access credential `user` (`dev/*`).
+/// `dev`), a second device credential `dev2` and an access credential `user` (`dev/*`),
+/// plus whatever a test's [`Setup`] adds.
 struct RelayProc {
     child: Proc,
     addr: SocketAddr,
@@ -46,7 +48,20 @@ struct RelayProc {
     device_token: String,
     device2_token: String,
     user_token: String,
+    /// Tokens of the [`Setup::creds`], by credential name.
+    tokens: std::collections::HashMap<String, String>,
     dir: PathBuf,
+}
+
+/// What a test adds to the standard relay.
+#[derive(Default)]
+struct Setup<'a> {
+    /// More `tunnel-relay serve` flags.
+    args: &'a [&'a str],
+    /// More credentials: name and `token new` grant flags.
+    creds: &'a [(&'a str, &'a [&'a str])],
+    /// `RUST_LOG` of the relay (default `warn`).
+    log: Option<&'a str>,
 }
 
 impl Drop for RelayProc {
@@ -59,12 +74,25 @@ impl Drop for RelayProc {
 
 impl RelayProc {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, Setup::default()).await
+    }
+
+    async fn start_with(name: &str, setup: Setup<'_>) -> Self {
         let bins = cargo_bins!();
         let dir = fresh_dir(&format!("hostile-{name}"));
         let tokens = dir.join("tokens.toml");
         let device_token = bins.new_token(&tokens, &["--name", "dev", "--device", "dev"]);
         let device2_token = bins.new_token(&tokens, &["--name", "dev2", "--device", "dev2"]);
         let user_token = bins.new_token(&tokens, &["--name", "user", "--access", "dev/*"]);
+        let extra = setup
+            .creds
+            .iter()
+            .map(|(name, grants)| {
+                let mut args = vec!["--name", name];
+                args.extend_from_slice(grants);
+                ((*name).to_owned(), bins.new_token(&tokens, &args))
+            })
+            .collect();
         let mut child = Proc::spawn(
             Command::new(&bins.relay)
                 .args(["serve", "--listen", "127.0.0.1:0", "--grace-secs", "1"])
@@ -72,7 +100,8 @@ impl RelayProc {
                 .arg(&tokens)
                 .arg("--state-dir")
                 .arg(dir.join("state"))
-                .env("RUST_LOG", "warn")
+                .args(setup.args)
+                .env("RUST_LOG", setup.log.unwrap_or("warn"))
                 .stderr(std::fs::File::create(dir.join("relay.log")).expect("relay log")),
         );
         let [addr, pin]: [String; 2] = child
@@ -87,8 +116,18 @@ impl RelayProc {
             device_token,
             device2_token,
             user_token,
+            tokens: extra,
             dir,
         }
+    }
+
+    /// A client with the token of a [`Setup::creds`] credential.
+    fn client_as(&self, name: &str) -> ClientConfig {
+        self.client(&self.tokens[name])
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default()
     }
 
     fn client(&self, token: &str) -> ClientConfig {
@@ -930,4 +969,493 @@ async fn two_live_agents_sharing_a_credential_settle_instead_of_flapping() {
     println!(
         "MEASURE flapping: two live agents with one credential settled after {settled:?}; the holder kept the id for the next 5 s"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Security review findings (port squatting, pre-auth exhaustion, registry stalls, slots,
+// identity, meter bypass, injection, secret files)
+// ---------------------------------------------------------------------------------------
+
+/// `n` consecutive ports on 127.0.0.1 that are free right now, for a relay's public range.
+fn free_port_range(n: u16) -> (u16, u16) {
+    let start = 42_000 + (std::process::id() % 500) as u16 * 8;
+    for base in (start..60_000).step_by(usize::from(n)).take(2000) {
+        let free = (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return (base, base + n - 1);
+        }
+    }
+    panic!("no {n} consecutive free ports");
+}
+
+/// A device with `services` (all forwarded to `target`) asking for `public` ports; waits
+/// until connected. Returns the device and its (bound, left out) public ports.
+async fn public_device(
+    client: ClientConfig,
+    id: &str,
+    services: &[&str],
+    public: &[(&str, u16)],
+    target: SocketAddr,
+) -> (TestDevice, Vec<(String, u16)>, Vec<(String, String)>) {
+    let mut config = DeviceConfig::new(client, id);
+    for s in services {
+        config = config.service(*s);
+    }
+    for (s, p) in public {
+        config = config.public(*s, *p);
+    }
+    let map = services
+        .iter()
+        .map(|s| ((*s).to_owned(), target.to_string()))
+        .collect();
+    let device = try_start_device(config, map).await.expect("device binds");
+    device
+        .listener
+        .wait_connected(WAIT)
+        .await
+        .expect("device registers");
+    match device.listener.state() {
+        ListenerState::Connected {
+            public,
+            public_failed,
+            ..
+        } => (device, public, public_failed),
+        other => panic!("{id}: {other:?}"),
+    }
+}
+
+/// Reads the greeting a public port's service sends first.
+async fn greeting_at(port: u16) -> Vec<u8> {
+    let mut tcp = within(
+        "connect to public port",
+        WAIT,
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .expect("connect to public port");
+    let mut buf = [0u8; 64];
+    let n = within("greeting", WAIT, tcp.read(&mut buf))
+        .await
+        .expect("read");
+    buf[..n].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_port_stays_with_its_device_while_offline_and_a_busy_port_never_refuses_the_session()
+ {
+    let (lo, hi) = free_port_range(5);
+    let range = format!("{lo}-{hi}");
+    let relay = RelayProc::start_with(
+        "squat",
+        Setup {
+            args: &["--public-ports", &range, "--public-bind", "127.0.0.1"],
+            creds: &[
+                ("a", &["--device", "dev-a", "--public"]),
+                ("b", &["--device", "dev-b", "--public"]),
+            ],
+            log: None,
+        },
+    )
+    .await;
+    let (svc_a, svc_b) = (
+        spawn_greeting_server(b"device a").await,
+        spawn_greeting_server(b"device b").await,
+    );
+    // Someone outside the relay holds the last port of the range.
+    let _outsider = std::net::TcpListener::bind(("127.0.0.1", hi)).expect("outsider port");
+    let port = lo + 1;
+
+    // A publishes `web` on `port`, then goes away (reboot, NAT rebind, relay blip).
+    let (a, public, _) = public_device(
+        relay.client_as("a"),
+        "dev-a",
+        &["web"],
+        &[("web", port)],
+        svc_a,
+    )
+    .await;
+    assert_eq!(public, [("web".to_owned(), port)]);
+    drop(a);
+    eventually("A's public port is closed", WAIT, || async move {
+        TcpStream::connect(("127.0.0.1", port)).await.is_err()
+    })
+    .await;
+
+    // B, another credential with `public`, asks for A's port and for every other one.
+    let (b, b_public, b_failed) = public_device(
+        relay.client_as("b"),
+        "dev-b",
+        &["web", "w1", "w2", "w3"],
+        &[("web", port), ("w1", 0), ("w2", 0), ("w3", 0)],
+        svc_b,
+    )
+    .await;
+    assert!(
+        !b_public.iter().any(|(_, p)| *p == port),
+        "B took A's port while A was offline: {b_public:?}"
+    );
+    assert!(
+        b_failed
+            .iter()
+            .any(|(s, why)| s == "web" && why.contains("reserved")),
+        "B is told why it did not get the port: {b_failed:?}"
+    );
+
+    // A comes back: registered at once, with its port, which reaches A again. A port it
+    // also asks for that someone else holds is left out, with why; the session stands.
+    let started = Instant::now();
+    let (a, a_public, a_failed) = public_device(
+        relay.client_as("a"),
+        "dev-a",
+        &["web", "extra"],
+        &[("web", port), ("extra", hi)],
+        svc_a,
+    )
+    .await;
+    let back = started.elapsed();
+    assert_eq!(a_public, [("web".to_owned(), port)]);
+    assert!(
+        a_failed
+            .iter()
+            .any(|(s, why)| s == "extra" && why.contains(&hi.to_string())),
+        "{a_failed:?}"
+    );
+    assert_eq!(greeting_at(port).await, b"device a");
+    println!(
+        "MEASURE port squatting: B got {b_public:?} and was refused {b_failed:?}; A re-registered in {back:?} with {a_public:?}, busy port left out: {a_failed:?}"
+    );
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_from_many_networks_cannot_keep_a_new_device_out() {
+    let relay = Arc::new(RelayProc::start("preauth").await);
+    let (baseline, _) = relay.memory();
+    relay.reset_peak();
+    // 8 networks × 4 addresses × 24 connections (768, over the relay-wide cap of 512) that
+    // never send a byte and reconnect as soon as they are cut, for the whole test.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let mut attackers = Vec::new();
+    for net in 10..18u8 {
+        for host in 1..=4u8 {
+            for _ in 0..24 {
+                let (stop, attempts, addr) = (stop.clone(), attempts.clone(), relay.addr);
+                attackers.push(tokio::spawn(async move {
+                    for _ in 0..200 {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        attempts.fetch_add(1, Ordering::Relaxed);
+                        match tcp_from(IpAddr::from([127, net, 0, host]), addr).await {
+                            Ok(mut tcp) => {
+                                let mut b = [0u8; 1];
+                                let _ = tokio::time::timeout(WAIT, tcp.read(&mut b)).await;
+                            }
+                            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A device whose address never authenticated before registers during the attack...
+    let started = Instant::now();
+    let _device = legit_device(&relay).await;
+    let first = started.elapsed();
+    // ...and access clients keep connecting.
+    let mut connects = Vec::new();
+    for _ in 0..10 {
+        connects.push(assert_serves(&relay).await);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        let _ = within("attacker task ends", WAIT * 2, a).await;
+    }
+    connects.sort();
+    let (p50, p99) = (connects[connects.len() / 2], connects[connects.len() - 1]);
+    println!(
+        "MEASURE pre-auth flood: {} attacker connections from 32 addresses in 8 networks; a new device registered in {first:?}; access connects p50 {p50:?}, max {p99:?}",
+        attempts.load(Ordering::Relaxed)
+    );
+    assert!(
+        first < Duration::from_secs(2),
+        "a new device took {first:?} to register during the flood (bound 2 s)"
+    );
+    relay.report_memory("pre-auth flood", baseline, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_public_connections_cannot_lock_private_access_out() {
+    let (lo, hi) = free_port_range(2);
+    let range = format!("{lo}-{hi}");
+    let relay = RelayProc::start_with(
+        "slots",
+        Setup {
+            args: &["--public-ports", &range, "--public-bind", "127.0.0.1"],
+            creds: &[
+                ("pub", &["--device", "dev-p", "--public"]),
+                ("ops", &["--access", "dev-p/*"]),
+            ],
+            log: None,
+        },
+    )
+    .await;
+    let echo = spawn_echo_server().await;
+    let (_device, public, _) = public_device(
+        relay.client_as("pub"),
+        "dev-p",
+        &["web"],
+        &[("web", 0)],
+        echo,
+    )
+    .await;
+    let port = public[0].1;
+    let (baseline, _) = relay.memory();
+    relay.reset_peak();
+    // 160 idle public connections from 10 addresses: more than the device session's 112
+    // stream slots.
+    let mut idle = Vec::new();
+    let mut admitted = 0;
+    for source in 40..50u8 {
+        for _ in 0..16 {
+            let Ok(mut tcp) =
+                tcp_from(local(source), SocketAddr::from(([127, 0, 0, 1], port))).await
+            else {
+                continue;
+            };
+            // An admitted connection echoes; one over a cap is reset.
+            let ok = tcp.write_all(b"x").await.is_ok() && {
+                let mut b = [0u8; 1];
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), tcp.read(&mut b)).await,
+                    Ok(Ok(1))
+                )
+            };
+            if ok {
+                admitted += 1;
+                idle.push(tcp);
+            }
+        }
+    }
+    // Private access still gets a stream.
+    let started = Instant::now();
+    let dialer = within(
+        "ops connects",
+        WAIT,
+        Dialer::connect(relay.client_as("ops")),
+    )
+    .await
+    .expect("ops connects");
+    let stream = within("private dial", WAIT, dialer.dial("dev-p", "web"))
+        .await
+        .expect("private access is never locked out by public connections");
+    assert_eq!(echo_exchange(stream, b"private").await, b"private");
+    let took = started.elapsed();
+    println!(
+        "MEASURE public slot exhaustion: {admitted} of 160 idle public connections admitted (cap: half of the session's slots, 16 per source); private dial succeeded in {took:?}"
+    );
+    assert!(admitted <= 64, "public connections took {admitted} slots");
+    relay.report_memory("public slot exhaustion", baseline, 64);
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_id_stays_with_its_credential_while_offline_and_a_wildcard_cannot_take_it() {
+    let relay = RelayProc::start_with(
+        "identity",
+        Setup {
+            creds: &[
+                ("pi-1", &["--device", "pi-1"]),
+                ("fleet", &["--device", "pi-*"]),
+                ("ops", &["--access", "pi-*/*"]),
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    let (real, impostor) = (
+        spawn_greeting_server(b"real").await,
+        spawn_greeting_server(b"impostor").await,
+    );
+    let dialer = within(
+        "ops connects",
+        WAIT,
+        Dialer::connect(relay.client_as("ops")),
+    )
+    .await
+    .expect("ops");
+    let pi1 = start_device(relay.client_as("pi-1"), "pi-1", &[("who", real)]).await;
+    // One blip of the real device...
+    drop(pi1);
+    eventually("pi-1 offline", WAIT, || {
+        let dialer = dialer.clone();
+        async move {
+            matches!(
+                dialer.dial("pi-1", "who").await,
+                Err(tunnel_core::DialError::DeviceOffline(_))
+            )
+        }
+    })
+    .await;
+    // ...and the wildcard credential tries to take its ID.
+    let config = DeviceConfig::new(relay.client_as("fleet"), "pi-1").service("who");
+    let fleet = try_start_device(config, [("who".to_owned(), impostor.to_string())].into()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let fleet_state = fleet.as_ref().map(|d| d.listener.state());
+    assert!(
+        !matches!(fleet_state, Ok(ListenerState::Connected { .. })),
+        "the wildcard credential took pi-1 while its owner was offline"
+    );
+    // The real device comes back and callers reach it, not the impostor.
+    let _pi1 = start_device(relay.client_as("pi-1"), "pi-1", &[("who", real)]).await;
+    let mut stream = within("dial pi-1", WAIT, dialer.dial("pi-1", "who"))
+        .await
+        .expect("dial");
+    let mut banner = [0u8; 4];
+    stream.read_exact(&mut banner).await.expect("banner");
+    assert_eq!(&banner, b"real");
+    println!(
+        "MEASURE identity: the wildcard credential was refused pi-1 while offline ({fleet_state:?}); the real device re-registered and serves"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_frame_and_unknown_stream_floods_close_only_the_abusive_session() {
+    let relay = RelayProc::start("meterbypass").await;
+    let _device = legit_device(&relay).await;
+    let (baseline, _) = relay.memory();
+    relay.reset_peak();
+    const ACK: u16 = 2;
+    type Flood = Box<dyn Fn(u32) -> Vec<u8>>;
+    let floods: [(&str, Flood); 2] = [
+        (
+            "zero window updates with ACK|RST",
+            Box::new(|_| yamux(WINDOW_UPDATE, ACK | RST, 1, &[], Some(0))),
+        ),
+        (
+            "one-byte data for unknown streams",
+            Box::new(|i| yamux(DATA, 0, 1001 + 2 * (i % 1000), b"x", None)),
+        ),
+    ];
+    for (what, next) in floods {
+        let mut tls = raw_session(&relay, local(9), 2, &relay.user_token, "").await;
+        let (sent, took) = flood_until_closed(&mut tls, next, 2_000_000).await;
+        println!("MEASURE {what} flood: session closed after {sent} frames in {took:?}");
+        assert!(
+            sent < 2_000_000,
+            "{what}: the relay never closed the session"
+        );
+    }
+    relay.expect_log("floods").await;
+    let connect = assert_serves(&relay).await;
+    println!("MEASURE meter bypass: legit access client connected in {connect:?} afterwards");
+    relay.report_memory("control/unknown-stream floods", baseline, 64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_forge_relay_log_lines_or_drive_the_callers_terminal() {
+    let relay = RelayProc::start_with(
+        "inject",
+        Setup {
+            log: Some("info"),
+            ..Setup::default()
+        },
+    )
+    .await;
+    // A device that refuses every stream with a message full of control characters.
+    let evil = "nope\n2099-01-01T00:00:00.000000Z  WARN forged: relay compromised\u{1b}]0;pwned\u{7}\u{1b}[31mred";
+    let listener = within(
+        "evil device",
+        WAIT,
+        Listener::bind(DeviceConfig::new(relay.client(&relay.device_token), "dev").service("echo")),
+    )
+    .await
+    .expect("bind");
+    listener.wait_connected(WAIT).await.expect("connected");
+    let refuser = tokio::spawn(async move {
+        while let Some(incoming) = listener.accept().await {
+            let _ = incoming.refuse(tunnel_core::Refusal::Denied, evil).await;
+        }
+    });
+    let bins = cargo_bins!();
+    let out = within(
+        "tunnel-access runs",
+        WAIT,
+        tokio::process::Command::new(&bins.access)
+            .args([
+                "--relay",
+                &relay.addr.to_string(),
+                "--pin",
+                &relay.pin.to_string(),
+            ])
+            .args(["--device", "dev", "--service", "echo", "--stdio"])
+            .env("TUNNEL_TOKEN", &relay.user_token)
+            .env("RUST_BACKTRACE", "1")
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("tunnel-access");
+    refuser.abort();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success());
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}'),
+        "terminal escapes reached the caller: {stderr:?}"
+    );
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("2099-01-01")),
+        "a forged line reached the caller: {stderr:?}"
+    );
+    assert!(
+        stderr.lines().count() <= 2 && !stderr.contains("stack backtrace"),
+        "a refusal is one line, not a crash report: {stderr:?}"
+    );
+    let log = relay.log();
+    assert!(log.contains("device refused"), "the refusal is logged");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2099-01-01")),
+        "the device forged a relay log line"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "the relay log, redirected to a file, holds escape codes"
+    );
+    println!("MEASURE injection: caller saw {stderr:?}");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_are_never_written_through_a_link_or_left_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let bins = cargo_bins!();
+    let dir = fresh_dir("secrets");
+    // An existing token file readable by everyone becomes owner-only when a token is added.
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(&tokens, "").expect("write");
+    std::fs::set_permissions(&tokens, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    bins.new_token(&tokens, &["--name", "a", "--device", "a"]);
+    let mode = std::fs::metadata(&tokens)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the token file stayed {mode:o}");
+    // A token file that is a link to somewhere else is refused, and the target untouched.
+    let target = dir.join("elsewhere");
+    std::fs::write(&target, "precious").expect("write");
+    let link = dir.join("link.toml");
+    std::os::unix::fs::symlink(&target, &link).expect("symlink");
+    let out = Command::new(&bins.relay)
+        .args(["token", "new", "--name", "b", "--device", "b", "--file"])
+        .arg(&link)
+        .output()
+        .expect("tunnel-relay");
+    assert!(!out.status.success(), "a token was written through a link");
+    assert_eq!(std::fs::read_to_string(&target).expect("read"), "precious");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -159,7 +159,9 @@ pub(crate) mod tests {
     async fn first_of_falls_through_to_the_next_authenticator() {
         let good = Token::new("tun_ok");
         let mut tokens = TokenAuthenticator::new();
-        tokens.insert(good.hash(), Identity::new("t", Grants::new())).unwrap();
+        tokens
+            .insert(good.hash(), Identity::new("t", Grants::new()))
+            .unwrap();
         let chain = FirstOf::new(vec![Box::new(CertAuthenticator::new()), Box::new(tokens)]);
         assert_eq!(
             chain

@@ -151,7 +151,8 @@ impl TokenAuthenticator {
     )]
     pub fn add(&mut self, hash: TokenHash, identity: Identity) -> &mut Self {
         let principal = format!("token:{}", identity.name());
-        self.entries.push((hash, identity.with_principal(principal)));
+        self.entries
+            .push((hash, identity.with_principal(principal)));
         self
     }
     /// Adds a credential after checking it: a name that is non-empty, at most 255 bytes,
@@ -180,7 +181,8 @@ impl TokenAuthenticator {
             )));
         }
         let principal = format!("token:{name}");
-        self.entries.push((hash, identity.with_principal(principal)));
+        self.entries
+            .push((hash, identity.with_principal(principal)));
         Ok(self)
     }
     /// Builds from a parsed token file, validating every name, pattern and hash.
@@ -248,7 +250,8 @@ mod tests {
     async fn token_authenticator_accepts_known_tokens_and_rejects_the_rest() {
         let good = Token::generate().unwrap();
         let mut auth = TokenAuthenticator::new();
-        auth.insert(good.hash(), Identity::new("pi", Grants::new())).unwrap();
+        auth.insert(good.hash(), Identity::new("pi", Grants::new()))
+            .unwrap();
         assert_eq!(
             auth.authenticate(&request(Some(good.expose())))
                 .await

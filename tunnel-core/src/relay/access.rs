@@ -22,7 +22,12 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         version,
         slot: _slot,
     } = accepted;
-    if let Err(e) = send_welcome(&mut tls, &welcome(&relay, &identity, vec![], vec![], version)).await {
+    if let Err(e) = send_welcome(
+        &mut tls,
+        &welcome(&relay, &identity, vec![], vec![], version),
+    )
+    .await
+    {
         return info!(reason = e, "access session not started");
     }
     let (session, inbound, unstarted) = prepare(&relay, hello.role);
@@ -103,8 +108,7 @@ pub(super) async fn open(
 /// grants name, sorted, cut to fit one frame. One list at a time per session; a list that
 /// waits longer than the open deadline for its turn is answered `unavailable`.
 pub(super) async fn list(relay: &Inner, mut stream: Stream, ctx: &AccessCtx) {
-    let Ok(Ok(_turn)) = tokio::time::timeout(STREAM_OPEN_TIMEOUT, ctx.lists.acquire()).await
-    else {
+    let Ok(Ok(_turn)) = tokio::time::timeout(STREAM_OPEN_TIMEOUT, ctx.lists.acquire()).await else {
         let why = "too many device lists in flight on this session";
         let _ = protocol::write_status(&mut stream, StatusCode::Unavailable, why).await;
         return;

@@ -169,14 +169,19 @@ impl Meter {
             let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
             self.frames += 1;
             let stream_frame = kind == TYPE_DATA || kind == TYPE_WINDOW_UPDATE;
+            // The relay runs yamux in server mode: the peer opens odd stream IDs and
+            // acknowledges the even ones the relay opened. Anything else claims nothing.
+            let peer_opened = id % 2 == 1;
             if stream_frame && flags & FLAG_SYN != 0 {
                 if !self.opens.take(now) {
                     return Err(abuse("opens streams too fast"));
                 }
-                self.track(id);
+                if peer_opened {
+                    self.track(id);
+                }
                 continue;
             }
-            if stream_frame && flags & FLAG_ACK != 0 {
+            if stream_frame && flags & FLAG_ACK != 0 && !peer_opened {
                 self.track(id);
             }
             let known = self.touch(id);
@@ -303,9 +308,12 @@ mod tests {
     async fn zero_window_updates_with_flags_and_data_for_unknown_streams_are_metered() {
         // RST+ACK window updates of 0 for a stream the peer did open: lifecycle frames.
         let mut m = Meter::new();
-        m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)).unwrap();
-        let err = (0..=CONTROL_FRAME_BURST)
-            .find_map(|_| m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_ACK | FLAG_FIN, 1, 0)).err());
+        m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+            .unwrap();
+        let err = (0..=CONTROL_FRAME_BURST).find_map(|_| {
+            m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_ACK | FLAG_FIN, 1, 0))
+                .err()
+        });
         assert!(err.is_some_and(|e| e.to_string().contains("control")));
         // One-byte data frames for a stream nobody opened: frames for nothing.
         let mut m = Meter::new();
@@ -327,9 +335,11 @@ mod tests {
                 m.inspect(&data).unwrap();
                 m.inspect(&frame(TYPE_WINDOW_UPDATE, 0, id, 4096)).unwrap();
                 m.inspect(&frame(TYPE_DATA, FLAG_FIN, id, 0)).unwrap();
-                m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_RST, id, 0)).unwrap();
+                m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_RST, id, 0))
+                    .unwrap();
                 // Our own stream towards the peer, acknowledged by it.
-                m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_ACK, id + 1, 0)).unwrap();
+                m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_ACK, id + 1, 0))
+                    .unwrap();
             }
             tokio::time::advance(Duration::from_secs(1)).await;
         }
@@ -338,9 +348,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_long_lived_busy_stream_outlives_thousands_of_short_ones() {
         let mut m = Meter::new();
-        m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0)).unwrap();
+        m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 1, 0))
+            .unwrap();
         for i in 0..(3 * MAX_TRACKED_STREAMS as u32) {
-            m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 3, 0)).unwrap();
+            m.inspect(&frame(TYPE_WINDOW_UPDATE, FLAG_SYN, 2 * i + 3, 0))
+                .unwrap();
             m.inspect(&frame(TYPE_WINDOW_UPDATE, 0, 1, 100)).unwrap();
             if i % 1000 == 0 {
                 tokio::time::advance(Duration::from_secs(1)).await;

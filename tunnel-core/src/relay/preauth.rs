@@ -223,7 +223,11 @@ mod tests {
 
     #[test]
     fn caps_count_an_ipv6_slash_64_as_one_source_and_a_slash_24_or_56_as_one_network() {
-        let (a, b, c) = (ip("2001:db8:1:2:aaaa::1"), ip("2001:db8:1:2:bbbb::9"), ip("2001:db8:1:3::1"));
+        let (a, b, c) = (
+            ip("2001:db8:1:2:aaaa::1"),
+            ip("2001:db8:1:2:bbbb::9"),
+            ip("2001:db8:1:3::1"),
+        );
         assert_eq!(source_key(a), source_key(b));
         assert_ne!(source_key(a), source_key(c));
         assert_eq!(network_key(a), network_key(c), "same /56");
@@ -242,7 +246,10 @@ mod tests {
             .collect();
         let other = table.admit(ip("10.9.0.1")).unwrap();
         let newcomer = table.admit(ip("192.0.2.1")).unwrap();
-        assert!(attack[0].cancelled.is_cancelled(), "oldest of the heaviest network");
+        assert!(
+            attack[0].cancelled.is_cancelled(),
+            "oldest of the heaviest network"
+        );
         assert!(!attack[1].cancelled.is_cancelled() && !other.cancelled.is_cancelled());
         assert!(!newcomer.cancelled.is_cancelled());
         assert_eq!(table.counts().0, 4);

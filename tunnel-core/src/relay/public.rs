@@ -15,9 +15,9 @@ use super::owners::PortOwner;
 use super::preauth::source_key;
 use super::{Inner, bridge};
 use crate::auth::Identity;
-use crate::util::lock;
 use crate::mux::Session;
 use crate::protocol::{Message, RefusalCode};
+use crate::util::lock;
 
 pub(super) fn port_of(listener: &TcpListener) -> u16 {
     listener.local_addr().map(|a| a.port()).unwrap_or(0)
@@ -142,7 +142,9 @@ async fn bind_any(
 ) -> Result<TcpListener, PortError> {
     let mine = lock(&relay.registry.owners).ports_of_device(&me.device);
     for port in candidates {
-        let free = lock(&relay.registry.owners).port_owner(port).is_none_or(|o| o == me);
+        let free = lock(&relay.registry.owners)
+            .port_owner(port)
+            .is_none_or(|o| o == me);
         if !free {
             continue;
         }

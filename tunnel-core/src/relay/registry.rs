@@ -95,8 +95,7 @@ impl Offline {
         self.bytes += cost(device, &services);
         self.map.insert(device.to_owned(), services);
         self.order.push_back(device.to_owned());
-        while self.map.len() > MAX_REMEMBERED_OFFLINE || self.bytes > MAX_REMEMBERED_OFFLINE_BYTES
-        {
+        while self.map.len() > MAX_REMEMBERED_OFFLINE || self.bytes > MAX_REMEMBERED_OFFLINE_BYTES {
             let Some(old) = self.order.pop_front() else {
                 break;
             };
@@ -300,7 +299,10 @@ mod tests {
         }
         assert!(offline.bytes <= MAX_REMEMBERED_OFFLINE_BYTES);
         assert_eq!(offline.map.len(), MAX_REMEMBERED_OFFLINE_BYTES / each);
-        assert!(!offline.map.contains_key("pi-00000"), "the oldest went first");
+        assert!(
+            !offline.map.contains_key("pi-00000"),
+            "the oldest went first"
+        );
         assert!(offline.map.contains_key("pi-01999"));
         assert!(offline.remove("pi-01999"));
         assert_eq!(offline.order.len(), offline.map.len());
