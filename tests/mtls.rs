@@ -108,3 +108,60 @@ async fn a_certificate_from_an_untrusted_issuer_is_refused_and_tokens_still_work
     .expect("token fallback");
     listener.wait_connected(WAIT).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_named_like_a_certificate_identity_cannot_take_its_device_id() {
+    // Certificate identities and token names live in separate namespaces: a token
+    // credential *named* `pi-7` is not the certificate holder `pi-7`.
+    let device_cert = TlsIdentity::generate_self_signed(&["pi-7"]).unwrap();
+    let token = Token::generate().unwrap();
+    let mut tokens = TokenAuthenticator::new();
+    tokens
+        .insert(
+            token.hash(),
+            Identity::new(
+                "pi-7",
+                Grants::new().register(Pattern::new("pi-7").unwrap()),
+            ),
+        )
+        .unwrap();
+    let (addr, pin) = relay_trusting(&device_cert, tokens).await;
+    let real = ClientConfig::new(addr.clone(), pin).client_cert(device_cert);
+    let listener = tokio::time::timeout(
+        WAIT,
+        Listener::bind(DeviceConfig::new(real, "pi-7").service("ssh")),
+    )
+    .await
+    .unwrap()
+    .expect("the certificate registers pi-7");
+    listener.wait_connected(WAIT).await.unwrap();
+
+    let named_alike = ClientConfig::new(addr, pin).token(token);
+    let result = tokio::time::timeout(
+        WAIT,
+        Listener::bind(DeviceConfig::new(named_alike, "pi-7").service("ssh")),
+    )
+    .await
+    .unwrap();
+    match result {
+        Err(ConnectError::Refused {
+            code: RefusalCode::DeviceIdTaken,
+            ..
+        }) => {}
+        Ok(l) => {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                !matches!(l.state(), tunnel_core::ListenerState::Connected { .. }),
+                "the token named pi-7 took the certificate's device"
+            );
+        }
+        Err(e) => panic!("expected device id taken, got {e:?}"),
+    }
+    assert!(
+        matches!(
+            listener.state(),
+            tunnel_core::ListenerState::Connected { .. }
+        ),
+        "the certificate holder keeps its session"
+    );
+}

@@ -120,6 +120,18 @@ def test_bad_configuration_is_a_config_error(kwargs: dict) -> None:
         tunnel.BlockingDialer(relay="127.0.0.1:1", token="t", **kwargs)
 
 
+def test_two_credentials_with_one_name_are_refused() -> None:
+    # One name is one owner of device IDs: two credentials sharing it would evict each
+    # other's sessions and own each other's devices.
+    with pytest.raises(tunnel.ConfigError, match="used twice"):
+        tunnel.Relay(
+            [
+                tunnel.Credential("fleet", devices=("pi-*",)),
+                tunnel.Credential("fleet", devices=("lab-*",)),
+            ]
+        )
+
+
 def test_bad_relay_credentials_are_config_errors() -> None:
     with pytest.raises(tunnel.ConfigError):
         tunnel.Relay([])  # a relay that lets nobody in is a mistake

@@ -303,4 +303,17 @@ mod tests {
         let empty: TokenFile = toml::from_str(&entry("")).unwrap();
         assert!(TokenAuthenticator::from_token_file(&empty).is_err());
     }
+
+    #[test]
+    fn insert_refuses_a_second_credential_with_the_same_name_or_token() {
+        let mut auth = TokenAuthenticator::new();
+        let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
+        auth.insert(a.hash(), Identity::new("fleet", Grants::new()))
+            .unwrap();
+        let twice = auth.insert(b.hash(), Identity::new("fleet", Grants::new()));
+        assert!(twice.unwrap_err().to_string().contains("used twice"));
+        let same_token = auth.insert(a.hash(), Identity::new("other", Grants::new()));
+        assert!(same_token.unwrap_err().to_string().contains("reuses"));
+        assert_eq!(auth.len(), 1);
+    }
 }
