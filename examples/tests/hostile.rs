@@ -1459,3 +1459,77 @@ async fn secret_files_are_never_written_through_a_link_or_left_readable() {
     assert_eq!(std::fs::read_to_string(&target).expect("read"), "precious");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_device_lists_from_one_session_do_not_stall_other_clients() {
+    let relay = RelayProc::start_with(
+        "lists",
+        Setup {
+            creds: &[
+                ("fleet", &["--device", "lab-*"]),
+                ("viewer", &["--access", "nomatch-*/*"]),
+            ],
+            ..Setup::default()
+        },
+    )
+    .await;
+    let _device = legit_device(&relay).await;
+    // 60 devices (under the 64 sessions a credential may hold) with 60 service names of
+    // 60 bytes each: the largest hello allows.
+    let services: Vec<String> = (0..60).map(|i| format!("{i:0>60}")).collect();
+    let mut fleet = Vec::new();
+    for n in 0..60 {
+        let config = services.iter().fold(
+            DeviceConfig::new(relay.client_as("fleet"), format!("lab-{n:03}")),
+            |c, s| c.service(s.clone()),
+        );
+        let device = within("fleet device", WAIT, Listener::bind(config))
+            .await
+            .expect("fleet device binds");
+        device
+            .wait_connected(WAIT)
+            .await
+            .expect("fleet device registers");
+        fleet.push(device);
+    }
+    let (baseline, _) = relay.memory();
+    relay.reset_peak();
+    // One session asks for 100 lists at once; its grants match none of the devices.
+    let viewer = within("viewer", WAIT, Dialer::connect(relay.client_as("viewer")))
+        .await
+        .expect("viewer");
+    let started = Instant::now();
+    let lists: Vec<_> = (0..100)
+        .map(|_| {
+            let viewer = viewer.clone();
+            tokio::spawn(async move { viewer.list().await })
+        })
+        .collect();
+    let mut connects = Vec::new();
+    for _ in 0..5 {
+        connects.push(assert_serves(&relay).await);
+    }
+    let (mut answered, mut busy) = (0, 0);
+    for l in lists {
+        match within("list answered", WAIT, l).await.expect("task") {
+            Ok(entries) => {
+                assert!(entries.is_empty(), "the viewer sees nothing: {entries:?}");
+                answered += 1;
+            }
+            Err(tunnel_core::DialError::Unavailable(_)) => busy += 1,
+            Err(e) => panic!("list: {e}"),
+        }
+    }
+    let lists_took = started.elapsed();
+    connects.sort();
+    println!(
+        "MEASURE device lists: 100 concurrent lists on one session over 61 devices × 60 services: {answered} answered, {busy} unavailable, in {lists_took:?}; others' connects during them: median {:?}, max {:?}",
+        connects[connects.len() / 2],
+        connects[connects.len() - 1]
+    );
+    assert!(
+        connects[connects.len() - 1] < Duration::from_secs(2),
+        "other clients stalled behind the lists"
+    );
+    relay.report_memory("concurrent device lists", baseline, 64);
+}
