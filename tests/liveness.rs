@@ -245,3 +245,23 @@ async fn public_connection_is_reset_not_closed_when_the_device_dies() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_client_retries_until_a_restarting_relay_is_back() {
+    let mut relay = relay_with_heartbeat("pi").await;
+    let client = relay.client(USER);
+    relay.stop().await;
+    // The relay is down: a plain connect fails at once; a patient one keeps trying.
+    assert!(Dialer::connect(client.clone()).await.is_err());
+    let patient = tokio::spawn(Dialer::connect_with_retry(client, WAIT));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let relay = relay.restart().await;
+    let dialer = within("the patient client connects", WAIT, patient)
+        .await
+        .expect("task")
+        .expect("connects once the relay is back");
+    let echo = spawn_echo_server().await;
+    let _device = relay.device(DEVICE, "pi", &[("echo", echo)]).await;
+    let back = echo_exchange(dial(&dialer, "pi", "echo").await, b"back").await;
+    assert_eq!(back, b"back");
+}

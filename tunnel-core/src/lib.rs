@@ -96,6 +96,7 @@ mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hex;
+mod metrics;
 mod mux;
 mod protocol;
 mod relay;
@@ -115,6 +116,6 @@ pub use client::listener::{DeviceConfig, Incoming, Listener, ListenerState};
 pub use config::Limits;
 pub use error::{ConfigError, ConnectError, DialError, RelayError};
 pub use protocol::status::{ErrorKind, Refusal, RefusalCode};
-pub use relay::{Relay, RelayBuilder};
+pub use relay::{Event, EventSink, Relay, RelayBuilder, SessionInfo, SessionRole, StreamInfo};
 pub use stream::Stream;
 pub use tls::{RelayTrust, SpkiPin, TlsIdentity};

@@ -60,6 +60,25 @@ impl ErrorKind {
         Self::Io,
     ];
 
+    /// A short lowercase name, for logs, metrics labels and JSON (`denied`,
+    /// `device_offline`…).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Certificate => "certificate",
+            Self::AuthFailed => "auth_failed",
+            Self::Denied => "denied",
+            Self::DeviceOffline => "device_offline",
+            Self::UnknownService => "unknown_service",
+            Self::TargetRefused => "target_refused",
+            Self::Unavailable => "unavailable",
+            Self::Connect => "connect",
+            Self::ConnectionLost => "connection_lost",
+            Self::Protocol => "protocol",
+            Self::Io => "io",
+        }
+    }
+
     /// The exception the Python bindings raise for this kind: a class in the `tunnel`
     /// module (`OSError` for local I/O, as a socket would).
     pub fn python_exception(self) -> &'static str {

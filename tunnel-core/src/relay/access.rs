@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use tracing::{Instrument, info, info_span};
 
+use tokio::time::Instant;
+
+use super::bridge::Joined;
+use super::events::{Event, SessionRole};
 use super::handshake::Accepted;
-use super::session::{AccessCtx, Ctx, prepare, send_welcome, serve, start, welcome};
+use super::session::{AccessCtx, Ctx, Registered, prepare, send_welcome, serve, start, welcome};
 use super::{Inner, bridge};
 use crate::auth::Identity;
 use crate::protocol::{self, Message, STREAM_OPEN_TIMEOUT, StatusCode};
@@ -20,6 +24,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         hello,
         identity,
         version,
+        peer,
         slot: _slot,
     } = accepted;
     if let Err(e) = send_welcome(
@@ -32,6 +37,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
     }
     let (session, inbound, unstarted) = prepare(&relay, hello.role);
     start(unstarted, tls);
+    let _registered = Registered::new(&relay, &identity, SessionRole::Access, peer, &session);
     info!(identity = identity.name(), "access session started");
     let ctx = Ctx::Access(Arc::new(AccessCtx::new(identity)));
     serve(&relay, &session, inbound, &ctx).await;
@@ -39,7 +45,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
 }
 
 /// An access client asks for `device`/`service`: authorize, find the device, ask it, and
-/// join the two streams if it accepts.
+/// join the two streams if it accepts. Every outcome is counted and, when refused, emitted.
 pub(super) async fn open(
     relay: &Arc<Inner>,
     mut stream: Stream,
@@ -49,59 +55,70 @@ pub(super) async fn open(
 ) {
     let span = info_span!("stream", caller = identity.name(), %device, %service);
     async {
-        // Grants first: a caller must not learn whether a device it may not reach is online.
-        if !protocol::is_valid_name(&device) || !protocol::is_valid_name(&service) {
-            return reply(
-                &mut stream,
-                StatusCode::BadRequest,
-                "invalid device or service name",
-            )
-            .await;
-        }
-        if !identity.grants().may_access(&device, &service) {
-            info!("denied");
-            let msg = format!("{} may not open {device}/{service}", identity.name());
-            return reply(&mut stream, StatusCode::Denied, &msg).await;
-        }
-        if relay.draining.is_cancelled() {
-            return reply(
-                &mut stream,
-                StatusCode::Unavailable,
-                "relay is shutting down",
-            )
-            .await;
-        }
-        let Some(online) = relay.registry.lookup(&device) else {
-            info!("device offline");
-            return reply(
-                &mut stream,
-                StatusCode::DeviceOffline,
-                &format!("device {device} is not connected"),
-            )
-            .await;
-        };
-        if !online.services.contains(&service) {
-            let msg = format!("device {device} offers no service {service}");
-            return reply(&mut stream, StatusCode::UnknownService, &msg).await;
-        }
-        let incoming = Message::Incoming {
-            service: service.clone(),
-            caller: identity.name().to_owned(),
-            peer: String::new(),
-        };
-        match bridge::ask_device(&online.session, &incoming).await {
+        let started = Instant::now();
+        match reach(relay, identity, &device, &service).await {
             Ok(device_stream) => {
                 reply(&mut stream, StatusCode::Ok, "").await;
-                bridge::spawn_splice(relay, stream, device_stream);
+                crate::metrics::stream_result("ok", Some(started.elapsed()));
+                let who = Joined {
+                    caller: identity.name().to_owned(),
+                    device,
+                    service,
+                    peer: None,
+                };
+                bridge::spawn_join(relay, stream, device_stream, who, None, ());
             }
             Err((code, message)) => {
-                info!(?code, reason = ?message, "device refused");
+                info!(?code, reason = ?message, "refused");
                 reply(&mut stream, code, &message).await;
+                let kind = code.kind().unwrap_or(crate::ErrorKind::Protocol);
+                crate::metrics::stream_result(kind.as_str(), None);
+                relay.tables.emit(Event::StreamRefused {
+                    caller: identity.name().to_owned(),
+                    device,
+                    service,
+                    kind,
+                });
             }
         }
     }
     .instrument(span)
     .await;
+}
+
+/// The checks of an open, in order, and the device's own answer. Grants come first: a
+/// caller must not learn whether a device it may not reach is online.
+async fn reach(
+    relay: &Inner,
+    identity: &Identity,
+    device: &str,
+    service: &str,
+) -> Result<Stream, (StatusCode, String)> {
+    if !protocol::is_valid_name(device) || !protocol::is_valid_name(service) {
+        let why = "invalid device or service name";
+        return Err((StatusCode::BadRequest, why.into()));
+    }
+    if !identity.grants().may_access(device, service) {
+        let why = format!("{} may not open {device}/{service}", identity.name());
+        return Err((StatusCode::Denied, why));
+    }
+    if relay.draining.is_cancelled() {
+        return Err((StatusCode::Unavailable, "relay is shutting down".into()));
+    }
+    let Some(online) = relay.registry.lookup(device) else {
+        let why = format!("device {device} is not connected");
+        return Err((StatusCode::DeviceOffline, why));
+    };
+    if !online.services.iter().any(|s| s == service) {
+        let why = format!("device {device} offers no service {service}");
+        return Err((StatusCode::UnknownService, why));
+    }
+    let incoming = Message::Incoming {
+        service: service.to_owned(),
+        caller: identity.name().to_owned(),
+        peer: String::new(),
+    };
+    bridge::ask_device(&online.session, &incoming).await
 }
 
 /// The devices the session's identity may reach: those seen since start and those its

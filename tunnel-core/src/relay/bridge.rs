@@ -3,11 +3,12 @@
 //! stream or public TCP connection in a tracked task that shutdown waits for.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, info};
 
 use super::Inner;
+use super::events::{Counters, Event, StreamInfo};
 use super::public::reset;
 use crate::mux::Session;
 use crate::protocol::{self, MAX_HEADER_LEN, Message, STREAM_OPEN_TIMEOUT, StatusCode};
@@ -54,43 +56,110 @@ pub(super) async fn ask_device(
     }
 }
 
-/// Joins an access stream to a device stream in a tracked task, so shutdown can wait for it.
-pub(super) fn spawn_splice(relay: &Inner, mut access: Stream, mut device: Stream) {
-    let task = async move {
-        join(&mut access, &mut device).await;
-    };
-    relay
-        .streams
-        .spawn(task.instrument(tracing::Span::current()));
+/// Who a joined stream connects.
+pub(super) struct Joined {
+    pub(super) caller: String,
+    pub(super) device: String,
+    pub(super) service: String,
+    /// A public caller's address.
+    pub(super) peer: Option<SocketAddr>,
 }
 
-/// Joins a public TCP connection to a device stream; an abrupt end resets the TCP side,
-/// and so does `idle` without a byte either way. `hold` (the connection's slots in the
-/// public caps) is released when the splice ends.
-pub(super) fn spawn_splice_tcp<H: Send + 'static>(
+/// The caller's end of a joined stream: an access client's stream or a public TCP
+/// connection, and how to end it abruptly.
+pub(super) trait CallerEnd: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Ends the connection so its peer sees a failure, not a clean close.
+    fn reset(self);
+}
+
+impl CallerEnd for Stream {
+    fn reset(self) {
+        drop(self); // a yamux stream dropped without shutdown is reset
+    }
+}
+
+impl CallerEnd for TcpStream {
+    fn reset(self) {
+        reset(self);
+    }
+}
+
+/// Joins the caller's end to a device stream in a task that shutdown waits for. The stream
+/// is listed in [`Relay::streams`](crate::Relay::streams) with live byte counts until it
+/// ends; an operator can cut it; `idle` without a byte either way ends it too. An abrupt
+/// end resets both ends. `hold` (slots in caps) is released when it ends.
+pub(super) fn spawn_join<C: CallerEnd, H: Send + 'static>(
     relay: &Inner,
-    tcp: TcpStream,
+    caller: C,
     mut device: Stream,
-    idle: Duration,
+    who: Joined,
+    idle: Option<Duration>,
     hold: H,
 ) {
+    let id = relay.tables.next_id();
+    let (counters, cut) = relay.tables.add_stream(StreamInfo {
+        id,
+        caller: who.caller.clone(),
+        device: who.device.clone(),
+        service: who.service.clone(),
+        since: SystemTime::now(),
+        up: 0,
+        down: 0,
+    });
+    relay.tables.emit(Event::StreamOpened {
+        stream: id,
+        caller: who.caller.clone(),
+        device: who.device.clone(),
+        service: who.service.clone(),
+        peer: who.peer,
+    });
+    crate::metrics::stream_opened(who.peer.is_some());
+    let tables = relay.tables.clone();
     let task = async move {
+        let started = Instant::now();
         let activity = Arc::new(Activity::new());
         let mut watched = Watched {
-            inner: tcp,
+            inner: caller,
             activity: activity.clone(),
+            counters: counters.clone(),
+        };
+        let idle_for = async {
+            match idle {
+                Some(idle) => activity.idle_for(idle).await,
+                None => std::future::pending().await,
+            }
         };
         let clean = tokio::select! {
             clean = join(&mut watched, &mut device) => clean,
-            () = activity.idle_for(idle) => {
-                info!(?idle, "public connection idle; closing");
+            () = idle_for => {
+                info!(?idle, "connection idle; closing");
+                false
+            }
+            () = cut.cancelled() => {
+                info!("stream cut by the operator");
                 false
             }
         };
         if !clean {
-            reset(watched.inner);
+            watched.inner.reset();
         }
         drop(hold);
+        tables.remove_stream(id);
+        let (up, down) = (
+            counters.up.load(Ordering::Relaxed),
+            counters.down.load(Ordering::Relaxed),
+        );
+        crate::metrics::stream_closed(who.peer.is_some(), up, down);
+        tables.emit(Event::StreamClosed {
+            stream: id,
+            caller: who.caller,
+            device: who.device,
+            service: who.service,
+            up,
+            down,
+            duration: started.elapsed(),
+            clean,
+        });
     };
     relay
         .streams
@@ -145,10 +214,12 @@ impl Activity {
     }
 }
 
-/// A connection that notes every read and write in its [`Activity`].
+/// The caller's end of a joined stream, noting every read and write in its [`Activity`]
+/// and its byte counters (reads from the caller go up to the device).
 struct Watched<T> {
     inner: T,
     activity: Arc<Activity>,
+    counters: Arc<Counters>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
@@ -157,9 +228,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if res.is_ready() {
             self.activity.touch();
+            let n = (buf.filled().len() - before) as u64;
+            self.counters.up.fetch_add(n, Ordering::Relaxed);
         }
         res
     }
@@ -172,7 +246,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, data);
-        if res.is_ready() {
+        if let Poll::Ready(Ok(n)) = &res {
+            self.activity.touch();
+            self.counters.down.fetch_add(*n as u64, Ordering::Relaxed);
+        } else if res.is_ready() {
             self.activity.touch();
         }
         res

@@ -11,6 +11,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::events::{EventSink, Tables};
 use super::limit::KeyedLimit;
 use super::preauth::PreAuth;
 use super::registry::Registry;
@@ -66,6 +67,7 @@ pub struct RelayBuilder {
     max_sessions_per_identity: usize,
     auth_failure_burst: u32,
     auth_failure_refill: Duration,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl RelayBuilder {
@@ -88,6 +90,7 @@ impl RelayBuilder {
             max_sessions_per_identity: DEFAULT_MAX_SESSIONS_PER_IDENTITY,
             auth_failure_burst: DEFAULT_AUTH_FAILURE_BURST,
             auth_failure_refill: DEFAULT_AUTH_FAILURE_REFILL,
+            events: None,
         }
     }
 
@@ -176,6 +179,13 @@ impl RelayBuilder {
         self.auth_failure_refill = refill;
         self
     }
+    /// Sends every [`Event`](crate::Event) (authentications, devices online and offline,
+    /// streams opened, refused and closed with their bytes) to `sink`, for an audit trail
+    /// or per-device figures. The sink is called inline: it must return at once.
+    pub fn events(mut self, sink: impl EventSink) -> Self {
+        self.events = Some(Arc::new(sink));
+        self
+    }
     /// Validates the configuration and builds the relay.
     pub fn build(self) -> Result<Relay, ConfigError> {
         self.limits.validate()?;
@@ -243,6 +253,7 @@ impl RelayBuilder {
                 closing: CancellationToken::new(),
                 streams: TaskTracker::new(),
                 connections: TaskTracker::new(),
+                tables: Arc::new(Tables::new(self.events)),
             }),
         })
     }

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use tracing::{Instrument, info, info_span, warn};
 
+use super::events::{Event, SessionRole};
 use super::handshake::{Accepted, refuse};
 use super::registry::{Claim, Online};
-use super::session::{Ctx, prepare, send_welcome, serve, start, welcome};
+use super::session::{Ctx, Registered, prepare, send_welcome, serve, start, welcome};
 use super::{Inner, public};
 use crate::protocol::RefusalCode;
 
@@ -19,6 +20,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         hello,
         identity,
         version,
+        peer,
         slot: _slot,
     } = accepted;
     let device = hello.device.clone();
@@ -84,6 +86,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
                     relay.clone(),
                     session.clone(),
                     gate.clone(),
+                    device.clone(),
                     service,
                     listener,
                 )
@@ -122,10 +125,37 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         return;
     }
     start(unstarted, tls);
+    let registered = Registered::new(&relay, &identity, SessionRole::Device, peer, &session);
+    relay.tables.set_session_device(registered.id, &device);
+    relay.tables.emit(Event::DeviceOnline {
+        device: device.clone(),
+        session: registered.id,
+        name: identity.name().to_owned(),
+        peer,
+        services: relay
+            .registry
+            .lookup(&device)
+            .map(|r| r.services)
+            .unwrap_or_default(),
+    });
+    for (service, port) in &ports {
+        relay.tables.emit(Event::PublicPortBound {
+            device: device.clone(),
+            service: service.clone(),
+            port: *port,
+        });
+    }
+    crate::metrics::device_online(true);
     info!(identity = identity.name(), device, ?ports, "device online");
     serve(&relay, &session, inbound, &Ctx::Device).await;
     if let Some(entry) = relay.registry.remove(&device, generation) {
         entry.evict().await;
     }
+    crate::metrics::device_online(false);
+    relay.tables.emit(Event::DeviceOffline {
+        device: device.clone(),
+        session: registered.id,
+    });
+    drop(registered);
     info!(device, "device offline");
 }

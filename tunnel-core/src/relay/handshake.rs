@@ -9,6 +9,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::info;
 
+use super::events::Event;
 use super::limit::Slot;
 pub(super) use super::preauth::source_key;
 use super::{Inner, Tls};
@@ -25,6 +26,8 @@ pub(super) struct Accepted {
     pub(super) identity: Identity,
     /// The protocol version both ends speak (from ALPN).
     pub(super) version: u8,
+    /// The client's address.
+    pub(super) peer: SocketAddr,
     /// This identity's slot in the per-identity session cap, held for the session's life.
     pub(super) slot: Slot<String>,
 }
@@ -109,21 +112,37 @@ impl Inner {
                     hello,
                     identity,
                     version,
+                    peer,
                     slot,
                 }),
                 Err(r) => {
+                    crate::metrics::handshake_failed(metric_reason(r.code));
+                    if r.code == RefusalCode::AuthFailed {
+                        self.tables.emit(Event::AuthFailed {
+                            peer,
+                            reason: r.log.clone(),
+                        });
+                    }
                     refuse(&mut tls, r.code, &r.message).await;
                     Err(r.log)
                 }
             }
         };
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
-            Ok(Ok(done)) => Some(done),
+            Ok(Ok(done)) => {
+                crate::metrics::handshake_done(started.elapsed());
+                Some(done)
+            }
             Ok(Err(reason)) => {
+                if reason.starts_with("tls") || reason.starts_with("no TLS") {
+                    crate::metrics::handshake_failed("tls");
+                }
                 info!(reason, "handshake refused");
                 None
             }
             Err(_) => {
+                crate::metrics::handshake_failed("timeout");
                 info!("handshake timed out");
                 None
             }
@@ -223,6 +242,16 @@ impl Inner {
                 )
             })?;
         Ok((hello, identity, slot))
+    }
+}
+
+/// The metrics label of a refusal.
+fn metric_reason(code: RefusalCode) -> &'static str {
+    match code {
+        RefusalCode::AuthFailed => "auth",
+        RefusalCode::UnsupportedVersion => "version",
+        RefusalCode::BadRequest => "bad_request",
+        _ => "busy",
     }
 }
 

@@ -18,6 +18,7 @@ mod access;
 mod bridge;
 mod builder;
 mod device;
+mod events;
 mod handshake;
 mod limit;
 mod meter;
@@ -46,6 +47,8 @@ use crate::error::RelayError;
 use crate::protocol::Role;
 use crate::tls::{SpkiPin, TlsIdentity};
 pub use builder::RelayBuilder;
+use events::Tables;
+pub use events::{Event, EventSink, SessionInfo, SessionRole, StreamInfo};
 use handshake::source_key;
 #[cfg(feature = "fuzzing")]
 pub(crate) use handshake::validate_hello;
@@ -105,6 +108,8 @@ struct Inner {
     streams: TaskTracker,
     /// Connection tasks, awaited at the very end.
     connections: TaskTracker,
+    /// Live sessions and streams, and the event sink.
+    tables: Arc<Tables>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -130,6 +135,36 @@ impl Relay {
     /// IDs of the devices online right now, sorted.
     pub fn online_devices(&self) -> Vec<String> {
         self.inner.registry.online_ids()
+    }
+
+    /// The sessions open now (devices and access clients), oldest first.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.inner.tables.sessions()
+    }
+
+    /// Closes a session: its streams are reset; a device goes offline (and reconnects with
+    /// backoff). Returns whether it existed.
+    pub fn close_session(&self, id: u64) -> bool {
+        self.inner.tables.close_sessions(|s| s.id == id) > 0
+    }
+
+    /// Closes every session of a credential (by its [`principal`](crate::Identity::principal)),
+    /// for a revoked, expired or changed credential. Returns how many. Its next handshake
+    /// meets whatever the authenticator says then.
+    pub fn close_sessions_of(&self, principal: &str) -> usize {
+        self.inner
+            .tables
+            .close_sessions(|s| s.principal == principal)
+    }
+
+    /// The joined streams open now, with the bytes they carried so far.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        self.inner.tables.streams()
+    }
+
+    /// Cuts a joined stream (both ends are reset). Returns whether it existed.
+    pub fn cut_stream(&self, id: u64) -> bool {
+        self.inner.tables.cut_streams(|s| s.id == id) > 0
     }
 
     /// Releases a device ID: forgets which credential owns it and its public ports, and
@@ -194,12 +229,14 @@ impl Relay {
 
     fn spawn_connection(&self, tcp: TcpStream, peer: SocketAddr) {
         if self.inner.auth_failures.is_blocked(source_key(peer.ip())) {
+            crate::metrics::throttled("auth_failures");
             debug!(%peer, "too many failed authentications from this source; dropping");
             return;
         }
         let ticket = match self.inner.preauth.admit(peer.ip()) {
             Ok(t) => t,
             Err(why) => {
+                crate::metrics::throttled(why.as_str());
                 return debug!(%peer, ?why, "over a handshake cap; dropping connection");
             }
         };

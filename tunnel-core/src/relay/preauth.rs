@@ -41,6 +41,17 @@ pub(super) enum Refused {
     Full,
 }
 
+impl Refused {
+    /// The cap's name, for metrics.
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::Network => "network",
+            Self::Full => "full",
+        }
+    }
+}
+
 struct Entry {
     source: IpAddr,
     network: IpAddr,

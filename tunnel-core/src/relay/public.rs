@@ -10,6 +10,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::bridge::Joined;
+use super::events::Event;
 use super::limit::KeyedLimit;
 use super::owners::PortOwner;
 use super::preauth::source_key;
@@ -182,6 +184,7 @@ pub(super) async fn public_accept(
     relay: Arc<Inner>,
     session: Session,
     gate: Arc<PublicGate>,
+    device: String,
     service: String,
     listener: TcpListener,
 ) {
@@ -211,6 +214,7 @@ pub(super) async fn public_accept(
         };
         let _ = tcp.set_nodelay(true);
         let (relay, session, service) = (relay.clone(), session.clone(), service.clone());
+        let (device, service_name) = (device.clone(), service.clone());
         let span = info_span!("stream", caller = "public", %peer);
         tokio::spawn(
             async move {
@@ -219,15 +223,30 @@ pub(super) async fn public_accept(
                     caller: "public".into(),
                     peer: peer.to_string(),
                 };
+                let started = tokio::time::Instant::now();
                 match bridge::ask_device(&session, &incoming).await {
                     Ok(device_stream) => {
-                        let idle = relay.public_idle;
-                        let hold = (source_slot, slot);
-                        bridge::spawn_splice_tcp(&relay, tcp, device_stream, idle, hold);
+                        crate::metrics::stream_result("ok", Some(started.elapsed()));
+                        let who = Joined {
+                            caller: "public".into(),
+                            device,
+                            service: service_name,
+                            peer: Some(peer),
+                        };
+                        let (idle, hold) = (Some(relay.public_idle), (source_slot, slot));
+                        bridge::spawn_join(&relay, tcp, device_stream, who, idle, hold);
                     }
                     Err((code, message)) => {
                         info!(?code, reason = ?message, "device refused public connection");
                         reset(tcp);
+                        let kind = code.kind().unwrap_or(crate::ErrorKind::Protocol);
+                        crate::metrics::stream_result(kind.as_str(), None);
+                        relay.tables.emit(Event::StreamRefused {
+                            caller: "public".into(),
+                            device,
+                            service: service_name,
+                            kind,
+                        });
                     }
                 }
             }

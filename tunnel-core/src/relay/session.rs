@@ -9,6 +9,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info};
 
+use super::events::{Event, SessionInfo, SessionRole};
 use super::meter::Metered;
 use super::{Inner, Tls, access};
 use crate::auth::Identity;
@@ -170,4 +171,66 @@ pub(super) fn prepare(relay: &Inner, role: Role) -> (Session, Inbound, Unstarted
 /// Starts the driver of a prepared session on the connection, under the per-session meter.
 pub(super) fn start(unstarted: Unstarted, tls: Tls) {
     unstarted.start(Metered::new(tls), tracing::Span::current());
+}
+
+/// A session's entry in the relay's table of sessions, with its events and metrics; it
+/// leaves the table (and `SessionEnded` is emitted) when dropped.
+pub(super) struct Registered {
+    relay: Arc<Inner>,
+    pub(super) id: u64,
+    name: String,
+    role: SessionRole,
+    started: Instant,
+}
+
+impl Registered {
+    pub(super) fn new(
+        relay: &Arc<Inner>,
+        identity: &Identity,
+        role: SessionRole,
+        peer: std::net::SocketAddr,
+        session: &Session,
+    ) -> Self {
+        let id = relay.tables.next_id();
+        relay.tables.add_session(
+            SessionInfo {
+                id,
+                name: identity.name().to_owned(),
+                principal: identity.principal().to_owned(),
+                role,
+                device: None,
+                peer,
+                since: std::time::SystemTime::now(),
+            },
+            session.clone(),
+        );
+        relay.tables.emit(Event::AuthSucceeded {
+            session: id,
+            name: identity.name().to_owned(),
+            principal: identity.principal().to_owned(),
+            role,
+            peer,
+        });
+        crate::metrics::session_started(role.as_str());
+        Self {
+            relay: relay.clone(),
+            id,
+            name: identity.name().to_owned(),
+            role,
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.relay.tables.remove_session(self.id);
+        crate::metrics::session_ended(self.role.as_str());
+        self.relay.tables.emit(Event::SessionEnded {
+            session: self.id,
+            name: std::mem::take(&mut self.name),
+            role: self.role,
+            duration: self.started.elapsed(),
+        });
+    }
 }
