@@ -116,6 +116,8 @@ pub use client::listener::{DeviceConfig, Incoming, Listener, ListenerState};
 pub use config::Limits;
 pub use error::{ConfigError, ConnectError, DialError, RelayError};
 pub use protocol::status::{ErrorKind, Refusal, RefusalCode};
-pub use relay::{Event, EventSink, Relay, RelayBuilder, SessionInfo, SessionRole, StreamInfo};
+pub use relay::{
+    AuthThrottle, Event, EventSink, Relay, RelayBuilder, SessionInfo, SessionRole, StreamInfo,
+};
 pub use stream::Stream;
 pub use tls::{RelayTrust, SpkiPin, TlsIdentity};

@@ -97,6 +97,7 @@ impl Identity {
 #[error("authentication failed: {reason}")]
 pub struct AuthRejected {
     reason: String,
+    revoked: bool,
 }
 
 impl AuthRejected {
@@ -104,7 +105,21 @@ impl AuthRejected {
     pub fn new(reason: impl Into<String>) -> Self {
         Self {
             reason: reason.into(),
+            revoked: false,
         }
+    }
+    /// A credential that was valid and is no more (revoked, expired): the client is told
+    /// so ([`RefusalCode::Revoked`](crate::RefusalCode::Revoked)), since whoever holds the
+    /// token knew it once; any other failure stays one uniform answer.
+    pub fn revoked(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            revoked: true,
+        }
+    }
+    /// Whether this is [`AuthRejected::revoked`].
+    pub fn is_revoked(&self) -> bool {
+        self.revoked
     }
 }
 
@@ -134,6 +149,7 @@ impl Authenticator for FirstOf {
             for a in &self.0 {
                 match a.authenticate(request).await {
                     Ok(identity) => return Ok(identity),
+                    Err(e) if e.revoked => return Err(e),
                     Err(e) => reasons.push(e.reason),
                 }
             }

@@ -209,6 +209,8 @@ refusal_codes! {
     BadRequest = 6 => ErrorKind::Connect, permanent = true,
     /// The relay is shutting down or over a limit; try again later.
     Unavailable = 7 => ErrorKind::Unavailable, permanent = false,
+    /// The credential was known but has been revoked or has expired.
+    Revoked = 8 => ErrorKind::AuthFailed, permanent = true,
 }
 
 /// Why a device refuses an incoming stream ([`Incoming::refuse`](crate::Incoming::refuse)):

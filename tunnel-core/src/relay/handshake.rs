@@ -117,7 +117,7 @@ impl Inner {
                 }),
                 Err(r) => {
                     crate::metrics::handshake_failed(metric_reason(r.code));
-                    if r.code == RefusalCode::AuthFailed {
+                    if matches!(r.code, RefusalCode::AuthFailed | RefusalCode::Revoked) {
                         self.tables.emit(Event::AuthFailed {
                             peer,
                             reason: r.log.clone(),
@@ -216,11 +216,12 @@ impl Inner {
             .await
             .map_err(|e| {
                 self.auth_failures.failed(source_key(peer.ip()));
-                HandshakeRefusal::new(
-                    RefusalCode::AuthFailed,
-                    "authentication failed",
-                    &e.to_string(),
-                )
+                let (code, why) = if e.is_revoked() {
+                    (RefusalCode::Revoked, "credential revoked or expired")
+                } else {
+                    (RefusalCode::AuthFailed, "authentication failed")
+                };
+                HandshakeRefusal::new(code, why, &e.to_string())
             })?;
         self.preauth.authenticated(peer.ip());
         if self.draining.is_cancelled() {
@@ -249,6 +250,7 @@ impl Inner {
 fn metric_reason(code: RefusalCode) -> &'static str {
     match code {
         RefusalCode::AuthFailed => "auth",
+        RefusalCode::Revoked => "revoked",
         RefusalCode::UnsupportedVersion => "version",
         RefusalCode::BadRequest => "bad_request",
         _ => "busy",

@@ -55,7 +55,7 @@ pub(crate) use handshake::validate_hello;
 use limit::KeyedLimit;
 use preauth::PreAuth;
 use registry::Registry;
-use throttle::AuthThrottle;
+pub use throttle::AuthThrottle;
 
 /// A TLS connection accepted by the relay.
 type Tls = tokio_rustls::server::TlsStream<TcpStream>;

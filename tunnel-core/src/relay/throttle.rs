@@ -26,8 +26,10 @@ pub(super) const DEFAULT_AUTH_FAILURE_REFILL: Duration = Duration::from_secs(6);
 /// forgotten, and if none is, new sources go untracked rather than growing memory.
 const MAX_TRACKED_SOURCES: usize = 65_536;
 
-/// Failed authentications per source key (address, or /64 for IPv6).
-pub(super) struct AuthThrottle {
+/// Failed authentications per source, as a leaky bucket: the relay's login throttle, also
+/// used by the control plane's admin API. Sources are keyed as the relay's caps key them
+/// (an IPv4 address, an IPv6 /64).
+pub struct AuthThrottle {
     /// Source → the instant its debt is paid (GCRA "theoretical arrival time").
     debt: Mutex<HashMap<IpAddr, Instant>>,
     burst: u32,
@@ -35,7 +37,8 @@ pub(super) struct AuthThrottle {
 }
 
 impl AuthThrottle {
-    pub(super) fn new(burst: u32, refill: Duration) -> Self {
+    /// A source may fail `burst` times in a row, then once per `refill`.
+    pub fn new(burst: u32, refill: Duration) -> Self {
         Self {
             debt: Mutex::new(HashMap::new()),
             burst,
@@ -44,7 +47,8 @@ impl AuthThrottle {
     }
 
     /// Whether `source` has failed too often recently; its connections are dropped.
-    pub(super) fn is_blocked(&self, source: IpAddr) -> bool {
+    pub fn is_blocked(&self, source: IpAddr) -> bool {
+        let source = super::preauth::source_key(source);
         let now = Instant::now();
         lock(&self.debt)
             .get(&source)
@@ -52,7 +56,8 @@ impl AuthThrottle {
     }
 
     /// Records one failed authentication from `source`.
-    pub(super) fn failed(&self, source: IpAddr) {
+    pub fn failed(&self, source: IpAddr) {
+        let source = super::preauth::source_key(source);
         let now = Instant::now();
         let mut debt = lock(&self.debt);
         if debt.len() >= MAX_TRACKED_SOURCES && !debt.contains_key(&source) {
