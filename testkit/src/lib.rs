@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod device;
+mod http;
 mod payload;
 mod process;
 mod proxy;
@@ -29,6 +30,7 @@ use std::time::Duration;
 pub use device::{
     TestDevice, connect_dialer, dial, start_device, start_public_device, targets, try_start_device,
 };
+pub use http::{HttpReply, http};
 pub use payload::{
     Payload, echo_exchange, expect_read_error, read_digest, request_reply, sink_exchange,
     write_payload,

@@ -17,8 +17,14 @@ Examples:
   tunnel-relay token new --file tokens.toml --name pi-42 --device pi-42
   # and one for an engineer's laptop that may open every service of pi-42
   tunnel-relay token new --file tokens.toml --name alice --access 'pi-42/*'
-  # run the relay; a certificate is generated in ./relay-state on first start
+  # run the relay; a certificate and the state store are kept in ./relay-state
   tunnel-relay serve --listen 0.0.0.0:7835 --tokens tokens.toml
+  # with the admin API (create an admin token first; it is printed once)
+  tunnel-relay admin-token new --state-dir relay-state --name ops
+  tunnel-relay serve --state-dir relay-state --admin-listen 127.0.0.1:7836
+  # credentials in the store, live (no restart): create, list, revoke
+  tunnel-relay token new --state-dir relay-state --name pi-43 --device pi-43
+  tunnel-relay token revoke --state-dir relay-state --name pi-43
   # also allow devices whose token permits it to publish on ports 20000-20100
   tunnel-relay serve --tokens tokens.toml --public-ports 20000-20100
   # print the pin clients need (--pin) without starting
@@ -37,9 +43,16 @@ struct Cli {
 enum Command {
     /// Run the relay until Ctrl-C / SIGTERM.
     Serve(ServeArgs),
-    /// Manage the token file.
+    /// Manage credentials: in the state store (`--state-dir`, live), or in a token file
+    /// (`--file`, imported by `serve --tokens`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage admin API tokens (in the state store).
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(AdminTokenCommand),
+    /// Devices the relay has seen (from the state store).
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Print the SHA-256 pin of the relay certificate.
     Pin(CertArgs),
 }
@@ -65,9 +78,23 @@ struct ServeArgs {
     /// Address to listen on for devices and access clients.
     #[arg(long, default_value = "0.0.0.0:7835")]
     listen: String,
-    /// Token file (TOML, tokens stored as SHA-256 hashes). Required unless --dev.
+    /// Token file (TOML, tokens stored as SHA-256 hashes) to import into the state store:
+    /// its credentials whose names the store does not have yet are added at each start
+    /// (the store wins for the others). Without it, the relay serves the store's
+    /// credentials; an empty store admits nobody.
     #[arg(long, value_name = "PATH")]
     tokens: Option<PathBuf>,
+    /// Serve the admin HTTP API on this address (off by default; keep it on a private
+    /// address: it is a separate listener, never the tunnel port).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Also print the audit trail (JSON lines) on stdout; it is always written to
+    /// `audit.log` in the state directory.
+    #[arg(long)]
+    audit_stdout: bool,
+    /// This relay's name in the audit trail.
+    #[arg(long, default_value = "relay")]
+    relay_id: String,
     /// Development run without a token file: generates one all-powerful token and prints it.
     #[arg(long, conflicts_with = "tokens")]
     dev: bool,
@@ -96,21 +123,63 @@ struct ServeArgs {
 
 #[derive(Subcommand)]
 enum TokenCommand {
-    /// Create a token, store its hash in the file and print the token once.
+    /// Create a token, store its hash and print the token once.
     New(NewToken),
-    /// List the credentials in the file (names and grants, never tokens).
+    /// List the credentials (names and grants, never tokens).
     List {
         /// Token file.
-        #[arg(long, default_value = "tokens.toml")]
-        file: PathBuf,
+        #[arg(long, conflicts_with = "state_dir")]
+        file: Option<PathBuf>,
+        /// The relay's state directory.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Revoke a credential in the state store: its sessions close within a second.
+    Revoke {
+        /// The relay's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The credential's name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// Create an admin API token and print it once.
+    New {
+        /// The relay's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// The admin's name (shown in the audit trail).
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCommand {
+    /// List the devices the relay has seen.
+    List {
+        /// The relay's state directory.
+        #[arg(long)]
+        state_dir: PathBuf,
     },
 }
 
 #[derive(Args)]
 struct NewToken {
-    /// Token file (created if missing, mode 0600).
-    #[arg(long, default_value = "tokens.toml")]
-    file: PathBuf,
+    /// Token file (created if missing, mode 0600); imported by `serve --tokens`.
+    #[arg(long, conflicts_with = "state_dir")]
+    file: Option<PathBuf>,
+    /// The relay's state directory: the credential goes into its store and works at once,
+    /// also on a running relay.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Expiry, RFC 3339 (`2026-12-31T00:00:00Z`); store only.
+    #[arg(long, requires = "state_dir")]
+    expires: Option<String>,
     /// Name of the credential (shown in logs and to devices as the caller).
     #[arg(long)]
     name: String,
@@ -134,8 +203,31 @@ async fn run() -> anyhow::Result<()> {
     init_tracing();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
-        Command::Token(TokenCommand::New(args)) => new_token(args),
-        Command::Token(TokenCommand::List { file }) => list_tokens(&file),
+        Command::Token(TokenCommand::New(args)) => match args.state_dir.clone() {
+            Some(dir) => new_store_token(&dir, args).await,
+            None => new_token(args),
+        },
+        Command::Token(TokenCommand::List { file, state_dir }) => match state_dir {
+            Some(dir) => list_store_tokens(&dir).await,
+            None => list_tokens(&file.unwrap_or_else(|| "tokens.toml".into())),
+        },
+        Command::Token(TokenCommand::Revoke { state_dir, name }) => {
+            let plane = open_store(&state_dir).await?;
+            let view = plane.credentials().revoke(&name).await?;
+            eprintln!(
+                "revoked {:?}; its sessions close within a second",
+                view.name
+            );
+            Ok(())
+        }
+        Command::AdminToken(AdminTokenCommand::New { state_dir, name }) => {
+            let plane = open_store(&state_dir).await?;
+            let token = tunnel_server::api::new_admin_token(plane.store().as_ref(), &name).await?;
+            eprintln!("admin token {name:?} created; it is shown only once:");
+            println!("{}", token.expose());
+            Ok(())
+        }
+        Command::Device(DeviceCommand::List { state_dir }) => list_devices(&state_dir).await,
         Command::Pin(args) => {
             println!("{}", load_identity(&args)?.pin()?);
             Ok(())
@@ -145,32 +237,32 @@ async fn run() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let identity = load_identity(&args.cert)?;
-    let auth = match (&args.tokens, args.dev) {
-        (Some(path), _) => {
-            let auth = TokenAuthenticator::from_file(path)?;
-            if auth.is_empty() && args.client_ca.is_none() {
-                bail!(
-                    "{} holds no token; create one with `tunnel-relay token new`",
-                    path.display()
-                );
-            }
-            auth
+    let mut plane = open_store(&args.cert.state_dir).await?;
+    if let Some(path) = &args.tokens {
+        let file = TokenFile::load(path)?;
+        let n = plane.credentials().import(&file).await?;
+        if n > 0 {
+            tracing::info!(imported = n, file = %path.display(), "token file imported into the state store");
         }
-        (None, true) => dev_authenticator()?,
-        (None, false) => bail!(
-            "no --tokens file given; refusing to start an open relay (use --dev for a development run)"
-        ),
-    };
-    let mut builder = match &args.client_ca {
-        Some(ca) => {
-            let chain: Vec<Box<dyn tunnel_core::Authenticator>> = vec![
-                Box::new(tunnel_core::CertAuthenticator::new()),
-                Box::new(auth),
-            ];
-            Relay::builder(identity, tunnel_core::FirstOf::new(chain)).client_ca_file(ca)?
-        }
-        None => Relay::builder(identity, auth),
-    };
+    }
+    let mut chain: Vec<Box<dyn tunnel_core::Authenticator>> = Vec::new();
+    if args.client_ca.is_some() {
+        chain.push(Box::new(tunnel_core::CertAuthenticator::new()));
+    }
+    chain.push(Box::new(plane.authenticator()));
+    if args.dev {
+        chain.push(Box::new(dev_authenticator()?));
+    } else if plane.credentials().is_empty() && args.client_ca.is_none() {
+        tracing::warn!(
+            "the state store holds no credential: the relay admits nobody until one is added \
+             (tunnel-relay token new --state-dir …, or the admin API)"
+        );
+    }
+    let mut builder =
+        Relay::builder(identity, tunnel_core::FirstOf::new(chain)).events(plane.auditor());
+    if let Some(ca) = &args.client_ca {
+        builder = builder.client_ca_file(ca)?;
+    }
     if let Some(range) = &args.public_ports {
         let (lo, hi) = range
             .split_once('-')
@@ -186,12 +278,32 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
         .grace_period(Duration::from_secs(args.grace_secs))
         .build()?;
+    plane.start(&relay);
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     // Machine-readable lines on stdout, for scripts and tests; logs go to stderr.
     println!("listening {}", listener.local_addr()?);
     println!("pin {}", relay.pin());
+    if let Some(addr) = &args.admin_listen {
+        let admin = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin API on {addr}"))?;
+        println!("admin {}", admin.local_addr()?);
+        let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .context("installing the metrics recorder")?;
+        let relay = relay.clone();
+        let plane = std::sync::Arc::new(plane);
+        tokio::spawn(async move {
+            if let Err(e) = plane
+                .serve_api(relay, admin, Some(metrics), std::future::pending())
+                .await
+            {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
     let shutdown = async {
         shutdown_signal().await;
         // A second signal during the grace period exits at once.
@@ -202,6 +314,81 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     relay.serve(listener, shutdown).await?;
     Ok(())
+}
+
+/// The control plane on a state directory (created if needed).
+async fn open_store(dir: &Path) -> anyhow::Result<tunnel_server::ControlPlane> {
+    tunnel_server::ControlPlane::open(dir, false, "cli")
+        .await
+        .with_context(|| format!("opening the state store in {}", dir.display()))
+}
+
+async fn new_store_token(dir: &Path, args: NewToken) -> anyhow::Result<()> {
+    if args.device.is_empty() && args.access.is_empty() {
+        bail!("grant something: --device ID and/or --access DEVICE/SERVICE");
+    }
+    let plane = open_store(dir).await?;
+    let new = tunnel_server::credentials::NewCredential {
+        name: args.name.clone(),
+        grants: tunnel_server::model::GrantsSpec {
+            devices: args.device,
+            access: args.access,
+            public: args.public,
+        },
+        labels: Default::default(),
+        expires: args.expires,
+    };
+    let (_, token) = plane.credentials().create(new).await?;
+    eprintln!(
+        "added {:?} to the store in {}; the token is shown only once:",
+        args.name,
+        dir.display()
+    );
+    println!("{}", token.expose());
+    Ok(())
+}
+
+async fn list_store_tokens(dir: &Path) -> anyhow::Result<()> {
+    let plane = open_store(dir).await?;
+    let mut after: Option<String> = None;
+    loop {
+        let page = plane.credentials().list(after.as_deref(), 1000);
+        for c in &page {
+            println!(
+                "{}\t{}\tdevices={:?}\taccess={:?}\tpublic={}",
+                c.name, c.status, c.grants.devices, c.grants.access, c.grants.public
+            );
+        }
+        match page.last() {
+            Some(last) if page.len() == 1000 => after = Some(last.name.clone()),
+            _ => return Ok(()),
+        }
+    }
+}
+
+async fn list_devices(dir: &Path) -> anyhow::Result<()> {
+    let plane = open_store(dir).await?;
+    let mut after: Option<String> = None;
+    loop {
+        let page = plane
+            .store()
+            .list(tunnel_server::model::DEVICE, after.as_deref(), 1000)
+            .await?;
+        for (_, v) in &page {
+            let d: tunnel_server::model::DeviceRecord = serde_json::from_slice(&v.value)?;
+            println!(
+                "{}\tcredential={}\tlast_seen={}\tservices={}",
+                d.id,
+                d.credential,
+                d.last_seen,
+                d.services.join(",")
+            );
+        }
+        match page.last() {
+            Some((k, _)) if page.len() == 1000 => after = Some(k.clone()),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// The relay's certificate: from files, or generated once into the state directory.
@@ -232,8 +419,9 @@ fn dev_authenticator() -> anyhow::Result<TokenAuthenticator> {
 }
 
 fn new_token(args: NewToken) -> anyhow::Result<()> {
-    let mut file = if args.file.exists() {
-        TokenFile::load(&args.file)?
+    let path = args.file.clone().unwrap_or_else(|| "tokens.toml".into());
+    let mut file = if path.exists() {
+        TokenFile::load(&path)?
     } else {
         TokenFile::default()
     };
@@ -241,7 +429,7 @@ fn new_token(args: NewToken) -> anyhow::Result<()> {
         bail!(
             "a credential named {:?} already exists in {}",
             args.name,
-            args.file.display()
+            path.display()
         );
     }
     if args.device.is_empty() && args.access.is_empty() {
@@ -258,11 +446,11 @@ fn new_token(args: NewToken) -> anyhow::Result<()> {
     file.tokens.push(entry);
     // Validate the whole file (patterns, hashes) before writing it.
     TokenAuthenticator::from_token_file(&file)?;
-    file.save(&args.file)?;
+    file.save(&path)?;
     eprintln!(
         "added {:?} to {}; the token is shown only once:",
         args.name,
-        args.file.display()
+        path.display()
     );
     println!("{}", token.expose());
     Ok(())
