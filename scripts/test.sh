@@ -5,6 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 
+echo "== tools the tests need (apt, only what is missing)"
+# Idempotent and quiet: installs only the tools that are missing, where apt-get exists.
+export PATH="$PATH:/usr/sbin:/sbin"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  missing=()
+  for need in nft:nftables conntrack:conntrack sshd:openssh-server ssh:openssh-client \
+              curl:curl ip:iproute2 tc:iproute2 xxd:xxd \
+              promtool:prometheus; do
+    command -v "${need%%:*}" >/dev/null || missing+=("${need##*:}")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}"; } >/dev/null 2>&1 \
+      || echo "could not install ${missing[*]}; the suites that need them say SKIP"
+  fi
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -18,26 +35,18 @@ cargo build --quiet -p tunnel-examples --bins
 cargo test --workspace --quiet
 
 echo "== docs"
-RUSTDOCFLAGS="-D warnings" cargo doc --quiet -p tunnel-core --no-deps
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet -p tunnel-core -p tunnel-server --no-deps
+
+echo "== a device build stays lean (no HTTP server, database or etcd client in tunnel-core)"
+heavy=$(cargo tree -p tunnel-core -e normal --prefix none | grep -E '^(axum|hyper|rusqlite|libsqlite3-sys|etcd-client|tonic) ' || true)
+if [ -n "$heavy" ]; then
+  echo "tunnel-core depends on server crates:"; echo "$heavy"; exit 1
+fi
 
 echo "== benches compile"
 cargo bench --workspace --no-run --quiet
 
 echo "== network faults in namespaces (real NAT, ssh, curl; skipped without root/netns)"
-# Idempotent and quiet: installs only the tools that are missing, where apt-get exists.
-export PATH="$PATH:/usr/sbin:/sbin"
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  missing=()
-  for need in nft:nftables conntrack:conntrack sshd:openssh-server ssh:openssh-client \
-              curl:curl ip:iproute2 tc:iproute2 xxd:xxd; do
-    command -v "${need%%:*}" >/dev/null || missing+=("${need##*:}")
-  done
-  if [ ${#missing[@]} -gt 0 ]; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends "${missing[@]}"; } >/dev/null 2>&1 \
-      || echo "could not install ${missing[*]}; the namespace suite may skip"
-  fi
-fi
 tests/netns/run.sh target/debug
 
 echo "== fuzz targets (stable toolchain, 10 s each)"

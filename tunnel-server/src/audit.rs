@@ -34,7 +34,7 @@ const KEEP: usize = 4;
 /// One audit line before it is numbered and written.
 pub(crate) type Line = serde_json::Map<String, Value>;
 
-/// Where the relay's events go: queued here, written by [`Auditor::spawn_writer`].
+/// Where the relay's events go: queued here, written by [`AuditWriter::run`].
 #[derive(Clone)]
 pub struct Auditor {
     queue: mpsc::Sender<Line>,
