@@ -1416,7 +1416,10 @@ async fn a_device_cannot_forge_relay_log_lines_or_drive_the_callers_terminal() {
         "a refusal is one line, not a crash report: {stderr:?}"
     );
     let log = relay.log();
-    assert!(log.contains("device refused"), "the refusal is logged");
+    assert!(
+        log.contains("stream refused") && log.contains("nope\\n2099"),
+        "the refusal is logged, its text quoted: {log}"
+    );
     assert!(
         !log.lines().any(|l| l.starts_with("2099-01-01")),
         "the device forged a relay log line"

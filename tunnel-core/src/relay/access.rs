@@ -69,7 +69,7 @@ pub(super) async fn open(
                 bridge::spawn_join(relay, stream, device_stream, who, None, ());
             }
             Err((code, message)) => {
-                info!(?code, reason = ?message, "refused");
+                info!(?code, reason = ?message, "stream refused");
                 reply(&mut stream, code, &message).await;
                 let kind = code.kind().unwrap_or(crate::ErrorKind::Protocol);
                 crate::metrics::stream_result(kind.as_str(), None);
