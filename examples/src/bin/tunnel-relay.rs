@@ -237,7 +237,10 @@ async fn run() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let identity = load_identity(&args.cert)?;
-    let mut plane = open_store(&args.cert.state_dir).await?;
+    let dir = &args.cert.state_dir;
+    let mut plane = tunnel_server::ControlPlane::open(dir, args.audit_stdout, &args.relay_id)
+        .await
+        .with_context(|| format!("opening the state store in {}", dir.display()))?;
     if let Some(path) = &args.tokens {
         let file = TokenFile::load(path)?;
         let n = plane.credentials().import(&file).await?;
