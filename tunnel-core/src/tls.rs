@@ -280,6 +280,25 @@ pub(crate) fn server_config(
     Ok(Arc::new(config))
 }
 
+impl TlsIdentity {
+    /// A TLS 1.3 server configuration with this identity for a listener of the
+    /// application's own (an HTTPS admin API next to the relay), offering `alpn` (for
+    /// example `http/1.1`). The relay's own listener does not use this.
+    pub fn server_config_for(
+        &self,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ConfigError::Certificate(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| ConfigError::Certificate(e.to_string()))?;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
 /// A client configuration that verifies the relay by `trust` and presents `client_cert` if any.
 pub(crate) fn client_config(
     trust: &RelayTrust,

@@ -25,6 +25,7 @@ pub mod credentials;
 pub mod model;
 pub mod store;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,10 @@ use crate::store::{SqliteStore, Store, StoreError};
 
 /// The database file in the state directory.
 pub const DB_FILE: &str = "state.db";
+/// Admin API connections served at once over HTTPS; more are dropped at accept.
+pub const MAX_API_CONNECTIONS: usize = 256;
+/// Deadline for an admin API client's TLS handshake.
+pub const API_TLS_HANDSHAKE: Duration = Duration::from_secs(10);
 /// Failed admin logins a source may make in a row before it is throttled.
 const ADMIN_FAILURE_BURST: u32 = 10;
 /// Then one more try per this.
@@ -99,15 +104,8 @@ impl ControlPlane {
         }
     }
 
-    /// Serves the admin API on `listener` until `shutdown` completes.
-    pub async fn serve_api(
-        &self,
-        relay: Relay,
-        listener: TcpListener,
-        metrics: Option<PrometheusHandle>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let state = api::ApiState {
+    fn api_state(&self, relay: Relay, metrics: Option<PrometheusHandle>) -> api::ApiState {
+        api::ApiState {
             relay,
             credentials: self.credentials.clone(),
             store: self.store.clone(),
@@ -115,10 +113,65 @@ impl ControlPlane {
             state_dir: self.dir.clone(),
             metrics,
             throttle: Arc::new(AuthThrottle::new(ADMIN_FAILURE_BURST, ADMIN_FAILURE_REFILL)),
-        };
-        let app = api::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+        }
+    }
+
+    /// Serves the admin API over plain HTTP on `listener` until `shutdown` completes.
+    pub async fn serve_api(
+        &self,
+        relay: Relay,
+        listener: TcpListener,
+        metrics: Option<PrometheusHandle>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = api::router(self.api_state(relay, metrics))
+            .into_make_service_with_connect_info::<SocketAddr>();
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
+    }
+
+    /// Serves the admin API over HTTPS with `tls` (for example the relay's own identity,
+    /// [`TlsIdentity::server_config_for`](tunnel_core::TlsIdentity::server_config_for)) on
+    /// `listener` until `shutdown` completes. At most [`MAX_API_CONNECTIONS`] at once;
+    /// each TLS handshake within [`API_TLS_HANDSHAKE`].
+    pub async fn serve_api_tls(
+        &self,
+        relay: Relay,
+        listener: TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        metrics: Option<PrometheusHandle>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let app = api::router(self.api_state(relay, metrics));
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_API_CONNECTIONS));
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                () = &mut shutdown => return Ok(()),
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue; // over the cap: the connection is dropped
+            };
+            let app = app
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let handshake = tokio::time::timeout(API_TLS_HANDSHAKE, acceptor.accept(tcp));
+                let Ok(Ok(tls)) = handshake.await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
     }
 }

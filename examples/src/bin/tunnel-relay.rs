@@ -88,6 +88,10 @@ struct ServeArgs {
     /// address: it is a separate listener, never the tunnel port).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
+    /// Serve the admin API over HTTPS with the relay's own certificate (clients check it
+    /// with the relay's pin or CA, as devices do).
+    #[arg(long, requires = "admin_listen")]
+    admin_tls: bool,
     /// Also print the audit trail (JSON lines) on stdout; it is always written to
     /// `audit.log` in the state directory.
     #[arg(long)]
@@ -237,6 +241,7 @@ async fn run() -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let identity = load_identity(&args.cert)?;
+    let identity_for_api = identity.clone();
     let dir = &args.cert.state_dir;
     let mut plane = tunnel_server::ControlPlane::open(dir, args.audit_stdout, &args.relay_id)
         .await
@@ -298,11 +303,25 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("installing the metrics recorder")?;
         let relay = relay.clone();
         let plane = std::sync::Arc::new(plane);
+        let tls = if args.admin_tls {
+            Some(identity_for_api.server_config_for(&[b"h2", b"http/1.1"])?)
+        } else {
+            None
+        };
         tokio::spawn(async move {
-            if let Err(e) = plane
-                .serve_api(relay, admin, Some(metrics), std::future::pending())
-                .await
-            {
+            let served = match tls {
+                Some(tls) => {
+                    plane
+                        .serve_api_tls(relay, admin, tls, Some(metrics), std::future::pending())
+                        .await
+                }
+                None => {
+                    plane
+                        .serve_api(relay, admin, Some(metrics), std::future::pending())
+                        .await
+                }
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "admin API stopped");
             }
         });

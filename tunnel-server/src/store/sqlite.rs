@@ -119,6 +119,7 @@ impl SqliteStore {
         op: impl FnOnce(&mut Connection) -> Result<(T, Vec<Change>), StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let inner = self.inner.clone();
+        let started = std::time::Instant::now();
         let (value, changes) = tokio::task::spawn_blocking(move || {
             let mut db = inner
                 .db
@@ -128,6 +129,7 @@ impl SqliteStore {
         })
         .await
         .map_err(backend)??;
+        metrics::histogram!("tunnel_store_seconds").record(started.elapsed().as_secs_f64());
         for c in changes {
             let _ = self.inner.changes.send(c);
         }
