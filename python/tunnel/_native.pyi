@@ -221,6 +221,7 @@ class Relay:
         grace: float = 10.0,
         heartbeat: float | None = None,
         public_ports: tuple[int, int] | None = None,
+        admin_listen: str | None = None,
     ) -> None: ...
     @property
     def address(self) -> str:
@@ -231,6 +232,12 @@ class Relay:
     @property
     def pin(self) -> str:
         """The relay's public-key pin."""
+    @property
+    def admin_address(self) -> str | None:
+        """The admin API's ``ip:port``, with ``admin_listen``."""
+    @property
+    def admin_token(self) -> str | None:
+        """A bearer token for the admin API, with ``admin_listen``."""
     def online_devices(self) -> list[str]:
         """IDs of the devices online now."""
     def close(self) -> None:

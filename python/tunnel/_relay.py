@@ -52,6 +52,11 @@ class Relay:
     streams may go on after shutdown begins; ``heartbeat`` the ping interval it asks of
     clients (seconds); ``public_ports`` an inclusive ``(low, high)`` range it may bind for
     devices whose credential allows public ports.
+
+    With ``admin_listen`` (an ``ip:port``; needs ``state_dir``) it also serves the admin
+    HTTP API of ``tunnel-relay``: the credentials live in the state store there (the given
+    ones are imported; the store wins for names it has), change live through the API, and
+    :attr:`admin_address` / :attr:`admin_token` say where and how to call it.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class Relay:
         grace: float = 10.0,
         heartbeat: float | None = None,
         public_ports: tuple[int, int] | None = None,
+        admin_listen: str | None = None,
     ) -> None:
         rows = [
             (c.name, c.token, list(c.devices), list(c.access), c.public) for c in credentials
@@ -82,6 +88,7 @@ class Relay:
             grace=grace,
             heartbeat=heartbeat,
             public_ports=public_ports,
+            admin_listen=admin_listen,
         )
 
     def __repr__(self) -> str:
@@ -106,6 +113,17 @@ class Relay:
     def pin(self) -> str:
         """The relay's public-key pin (``sha256:…``), which clients pass as ``pin=``."""
         return self._native.pin
+
+    @property
+    def admin_address(self) -> str | None:
+        """The admin API's ``ip:port``, when started with ``admin_listen``."""
+        return self._native.admin_address
+
+    @property
+    def admin_token(self) -> str | None:
+        """A bearer token for the admin API, created for this relay (``None`` without
+        ``admin_listen``). Treat it as a secret."""
+        return self._native.admin_token
 
     def online_devices(self) -> list[str]:
         """IDs of the devices online right now, sorted."""

@@ -29,6 +29,59 @@ pub(crate) struct Relay {
     done: CancellationToken,
     /// Why serving stopped, if it failed.
     failure: Arc<Mutex<Option<String>>>,
+    /// The admin API's address and an admin token for it, when `admin_listen` was given.
+    admin: Option<(String, String)>,
+}
+
+/// The control plane behind `Relay(admin_listen=…)`: the store in `state_dir`, with the
+/// given credentials imported, and a fresh admin token.
+struct Admin {
+    plane: tunnel_server::ControlPlane,
+    token: String,
+}
+
+fn control_plane(
+    dir: &std::path::Path,
+    credentials: &[CredentialRow],
+    token_file: Option<&PathBuf>,
+) -> PyResult<Admin> {
+    let fail = |e: &dyn std::fmt::Display| errors::relay_msg(format!("control plane: {e}"));
+    runtime().block_on(async {
+        let plane = tunnel_server::ControlPlane::open(dir, false, "python")
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut file = match token_file {
+            Some(path) => TokenFile::load(path).map_err(errors::config)?,
+            None => TokenFile::default(),
+        };
+        for (name, token, devices, access, public) in credentials {
+            file.tokens.push(tunnel_core::TokenEntry {
+                name: name.clone(),
+                hash: Token::new(token.clone()).hash().to_string(),
+                devices: devices.clone(),
+                access: access.clone(),
+                public: *public,
+            });
+        }
+        plane
+            .credentials()
+            .import(&file)
+            .await
+            .map_err(|e| errors::config_msg(e.to_string()))?;
+        // A fresh name per start: the store may hold the admins of earlier runs.
+        let nonce = Token::generate()
+            .map_err(errors::config)?
+            .hash()
+            .to_string();
+        let name = format!("python-{}", &nonce[7..19]);
+        let token = tunnel_server::api::new_admin_token(plane.store().as_ref(), &name)
+            .await
+            .map_err(|e| fail(&e))?;
+        Ok(Admin {
+            plane,
+            token: token.expose().to_owned(),
+        })
+    })
 }
 
 fn authenticator(
@@ -83,7 +136,8 @@ impl Relay {
     #[new]
     #[pyo3(signature = (
         credentials, *, listen="127.0.0.1:0", token_file=None, cert_file=None, key_file=None,
-        cert_names=vec!["localhost".to_owned()], state_dir=None, grace=10.0, heartbeat=None, public_ports=None
+        cert_names=vec!["localhost".to_owned()], state_dir=None, grace=10.0, heartbeat=None, public_ports=None,
+        admin_listen=None
     ))]
     #[allow(clippy::too_many_arguments)] // reason: mirrors Python keyword arguments
     fn new(
@@ -97,16 +151,31 @@ impl Relay {
         grace: f64,
         heartbeat: Option<f64>,
         public_ports: Option<(u16, u16)>,
+        admin_listen: Option<&str>,
     ) -> PyResult<Self> {
         let identity = match (cert_file, key_file) {
             (Some(cert), Some(key)) => TlsIdentity::from_pem_files(cert, key),
-            (None, None) => self_signed(&cert_names, state_dir),
+            (None, None) => self_signed(&cert_names, state_dir.clone()),
             _ => return Err(errors::config_msg("give both cert_file= and key_file=")),
         }
         .map_err(errors::config)?;
-        let mut builder =
-            tunnel_core::Relay::builder(identity, authenticator(credentials, token_file)?)
-                .grace_period(secs("grace", grace)?);
+        // With the admin API, credentials live in the store (and can change live);
+        // without it, in memory.
+        let mut admin = match (admin_listen, &state_dir) {
+            (Some(_), Some(dir)) => Some(control_plane(dir, &credentials, token_file.as_ref())?),
+            (Some(_), None) => {
+                return Err(errors::config_msg(
+                    "admin_listen= needs state_dir= (the store of the control plane)",
+                ));
+            }
+            (None, _) => None,
+        };
+        let builder = match &admin {
+            Some(a) => tunnel_core::Relay::builder(identity, a.plane.authenticator())
+                .events(a.plane.auditor()),
+            None => tunnel_core::Relay::builder(identity, authenticator(credentials, token_file)?),
+        };
+        let mut builder = builder.grace_period(secs("grace", grace)?);
         if let Some(h) = heartbeat {
             builder = builder.heartbeat_interval(secs("heartbeat", h)?);
         }
@@ -114,6 +183,26 @@ impl Relay {
             builder = builder.public_ports(low..=high);
         }
         let relay = builder.build().map_err(errors::config)?;
+        let admin = match (admin.as_mut(), admin_listen) {
+            (Some(a), Some(addr)) => {
+                let _enter = runtime().enter();
+                a.plane.start(&relay);
+                let std_admin = std::net::TcpListener::bind(addr).map_err(errors::io)?;
+                std_admin.set_nonblocking(true).map_err(errors::io)?;
+                let bound = std_admin.local_addr().map_err(errors::io)?;
+                let listener = tokio::net::TcpListener::from_std(std_admin).map_err(errors::io)?;
+                let a = admin.take().expect("matched Some");
+                let (relay, token) = (relay.clone(), a.token.clone());
+                runtime().spawn(async move {
+                    let plane = a.plane;
+                    let _ = plane
+                        .serve_api(relay, listener, None, std::future::pending())
+                        .await;
+                });
+                Some((bound.to_string(), token))
+            }
+            _ => None,
+        };
 
         let std_listener = std::net::TcpListener::bind(listen).map_err(errors::io)?;
         std_listener.set_nonblocking(true).map_err(errors::io)?;
@@ -139,7 +228,21 @@ impl Relay {
             stop,
             done,
             failure,
+            admin,
         })
+    }
+
+    /// The admin API's `ip:port`, when started with `admin_listen=`.
+    #[getter]
+    fn admin_address(&self) -> Option<String> {
+        self.admin.as_ref().map(|a| a.0.clone())
+    }
+
+    /// A bearer token for the admin API (created for this relay), when started with
+    /// `admin_listen=`.
+    #[getter]
+    fn admin_token(&self) -> Option<String> {
+        self.admin.as_ref().map(|a| a.1.clone())
     }
 
     /// The relay's public-key pin (`sha256:<hex>`), which clients pass as `pin=`.
