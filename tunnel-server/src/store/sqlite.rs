@@ -22,6 +22,9 @@ const LEASE_REAP_INTERVAL: Duration = Duration::from_millis(500);
 /// How often the store checks whether another process (`tunnel-relay token new
 /// --state-dir` while the relay runs) changed the database; watchers then resync.
 const EXTERNAL_POLL: Duration = Duration::from_millis(500);
+/// SQLite's page cache, in KiB: the default (2000 pages) grows with the device records to
+/// 8 MiB, which is relay memory every fleet pays; reads of the few hot keys stay cached.
+const CACHE_KIB: i64 = 1024;
 /// How long an operation waits for SQLite's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
