@@ -60,6 +60,8 @@ impl SqliteStore {
             .map_err(backend)?;
         db.pragma_update(None, "synchronous", "FULL")
             .map_err(backend)?;
+        db.pragma_update(None, "cache_size", -CACHE_KIB)
+            .map_err(backend)?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS kv (
                  key TEXT PRIMARY KEY,
