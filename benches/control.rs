@@ -124,13 +124,17 @@ async fn run(n: usize, requests: usize) {
         "{n} devices registered in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    // Let the audit writer record every device before reading the store.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let rss = rss_kib(relay.pid());
-    println!(
-        "relay RSS: {base} KiB with no device, {rss} KiB with {n}: {:.1} KiB per idle device",
-        rss.saturating_sub(base) as f64 / n as f64
-    );
+    // The audit writer records every device (one fsynced store write each) behind the
+    // registrations: RSS right after the burst still holds its queue. Sample until it
+    // settles.
+    for wait in [5u64, 30] {
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+        let rss = rss_kib(relay.pid());
+        println!(
+            "relay RSS after +{wait} s: {base} KiB with no device, {rss} KiB with {n}: {:.1} KiB per idle device",
+            rss.saturating_sub(base) as f64 / n as f64
+        );
+    }
     let api = |method: &'static str, path: String, body: Option<String>| {
         let token = admin_token.clone();
         async move { http(admin, method, &path, Some(&token), body.as_deref()).await }
