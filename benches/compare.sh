@@ -189,7 +189,8 @@ tunnel() { # KIND (public|private)
   "$BIN/tunnel-relay" token new --file "$WORK/tokens.toml" --name dev --device bench --public >"$WORK/dev.token" 2>/dev/null
   "$BIN/tunnel-relay" token new --file "$WORK/tokens.toml" --name acc --access 'bench/*' >"$WORK/acc.token" 2>/dev/null
   start relay "$BIN/tunnel-relay" serve --listen 127.0.0.1:0 --tokens "$WORK/tokens.toml" \
-    --state-dir "$WORK/relay-state" --public-ports 45000-45999 --public-bind 127.0.0.1 --max-streams 1200
+    --state-dir "$WORK/relay-state" --public-ports 45000-45999 --public-bind 127.0.0.1 --max-streams 1200 \
+    --public-max-streams 1199 --public-max-per-source 100000
   local relay_pid=$LAST relay pin
   relay=$(wait_line "$WORK/relay.log" listening); pin=$(wait_line "$WORK/relay.log" pin)
   local common=(--relay "$relay" --pin "$pin" --max-streams 1200)

@@ -118,6 +118,15 @@ struct ServeArgs {
     /// Seconds running streams get to finish on shutdown.
     #[arg(long, default_value_t = 10)]
     grace_secs: u64,
+    /// Most concurrent public connections per source address to one device (default 32).
+    #[arg(long, value_name = "N")]
+    public_max_per_source: Option<usize>,
+    /// Most concurrent public connections per device (default: half of --max-streams).
+    #[arg(long, value_name = "N")]
+    public_max_streams: Option<usize>,
+    /// Seconds after which an idle public connection is closed (default 1800).
+    #[arg(long, value_name = "SECS", default_value_t = 1800)]
+    public_idle_secs: u64,
     /// Most concurrent streams per session (default 128); announced to clients, which follow.
     #[arg(long, value_name = "N")]
     max_streams: Option<usize>,
@@ -282,6 +291,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(n) = args.max_streams {
         builder = builder.limits(tunnel_core::Limits::for_streams(n));
     }
+    if let Some(n) = args.public_max_streams {
+        builder = builder.max_public_streams(n);
+    }
+    builder = builder.public_connection_limits(
+        args.public_max_per_source.unwrap_or(32),
+        Duration::from_secs(args.public_idle_secs),
+    );
     let relay = builder
         .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
         .grace_period(Duration::from_secs(args.grace_secs))

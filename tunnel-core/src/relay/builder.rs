@@ -36,7 +36,7 @@ const DEFAULT_MAX_PUBLIC_PORTS: usize = 16;
 /// Default cap on concurrent public connections from one source (address, IPv6 /64) to
 /// one device: a browser opens 6 to 8 per host; an idle-connection flood from one address
 /// stops here.
-const DEFAULT_PUBLIC_PER_SOURCE: usize = 16;
+const DEFAULT_PUBLIC_PER_SOURCE: usize = 32;
 /// Default idle timeout of a public connection: nothing moved either way for this long.
 /// Long enough for an idle ssh session between keystrokes and for long polls; short
 /// enough that abandoned connections give their slots back.
@@ -58,6 +58,7 @@ pub struct RelayBuilder {
     max_public_ports: usize,
     public_per_source: usize,
     public_idle: Duration,
+    max_public_streams: Option<usize>,
     heartbeat: Duration,
     limits: Limits,
     grace: Duration,
@@ -81,6 +82,7 @@ impl RelayBuilder {
             max_public_ports: DEFAULT_MAX_PUBLIC_PORTS,
             public_per_source: DEFAULT_PUBLIC_PER_SOURCE,
             public_idle: DEFAULT_PUBLIC_IDLE,
+            max_public_streams: None,
             heartbeat: DEFAULT_HEARTBEAT,
             limits: Limits::default(),
             grace: DEFAULT_GRACE,
@@ -124,12 +126,18 @@ impl RelayBuilder {
         self
     }
     /// Public connections to one device: at most `per_source` at once from one source
-    /// address (IPv6 /64; default 16), and each closed after `idle` without a byte either
-    /// way (default 30 min). Public connections also hold at most half of a device
-    /// session's stream slots, so private access always finds room.
+    /// address (IPv6 /64; default 32), and each closed after `idle` without a byte either
+    /// way (default 30 min).
     pub fn public_connection_limits(mut self, per_source: usize, idle: Duration) -> Self {
         self.public_per_source = per_source;
         self.public_idle = idle;
+        self
+    }
+    /// Most public connections one device session carries at once (default: half of
+    /// [`Limits::max_streams`], so private access always finds the other half). At most
+    /// `max_streams - 1`.
+    pub fn max_public_streams(mut self, n: usize) -> Self {
+        self.max_public_streams = Some(n);
         self
     }
     /// How often clients must ping (default 5 s). A silent peer is dropped after three
@@ -204,6 +212,15 @@ impl RelayBuilder {
                 "public port range is empty or starts at 0".into(),
             ));
         }
+        if self
+            .max_public_streams
+            .is_some_and(|n| n == 0 || n >= self.limits.max_streams)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "max public streams must be 1..{} (private access keeps the rest)",
+                self.limits.max_streams
+            )));
+        }
         if self.public_per_source == 0 || self.public_idle.is_zero() {
             return Err(ConfigError::Invalid(
                 "public connection limits must be non-zero".into(),
@@ -238,6 +255,9 @@ impl RelayBuilder {
                 max_public_ports: self.max_public_ports,
                 public_per_source: self.public_per_source,
                 public_idle: self.public_idle,
+                max_public_streams: self
+                    .max_public_streams
+                    .unwrap_or((self.limits.max_streams / 2).max(1)),
                 heartbeat: self.heartbeat,
                 limits: self.limits,
                 grace: self.grace,

@@ -90,6 +90,8 @@ struct Inner {
     public_per_source: usize,
     /// A public connection without a byte either way for this long is closed.
     public_idle: Duration,
+    /// Most public connections one device session carries at once.
+    max_public_streams: usize,
     heartbeat: Duration,
     limits: Limits,
     grace: Duration,

@@ -170,9 +170,8 @@ pub(super) struct PublicGate {
 
 impl PublicGate {
     pub(super) fn new(relay: &Inner) -> Arc<Self> {
-        let share = (relay.limits.max_streams / 2).max(1);
         Arc::new(Self {
-            slots: Arc::new(Semaphore::new(share)),
+            slots: Arc::new(Semaphore::new(relay.max_public_streams)),
             per_source: KeyedLimit::new(relay.public_per_source),
         })
     }
