@@ -28,6 +28,8 @@ use crate::store::{Expect, Store};
 const QUEUE: usize = 16_384;
 /// Size at which `audit.log` is rotated.
 pub const ROTATE_BYTES: u64 = 16 << 20;
+/// Events written per batch (one file append, one store commit).
+const BATCH: usize = 512;
 /// Rotated files kept (`audit.log.1` … this).
 const KEEP: usize = 4;
 
@@ -263,83 +265,120 @@ fn last_seq(dir: &Path) -> u64 {
 }
 
 impl AuditWriter {
-    /// Writes events until every [`Auditor`] is gone.
+    /// Writes events until every [`Auditor`] is gone. Events are taken in batches: one
+    /// file append and one store commit (one fsync) per batch, so a fleet registering at
+    /// once does not back the queue up behind a fsync per device.
     pub async fn run(mut self) {
         let mut seq = last_seq(&self.dir);
-        while let Some(mut line) = self.queue.recv().await {
-            seq += 1;
-            line.insert("seq".into(), json!(seq));
-            self.track_device(&line).await;
-            let text = Value::Object(line).to_string();
+        let mut batch = Vec::with_capacity(BATCH);
+        while self.queue.recv_many(&mut batch, BATCH).await > 0 {
+            let mut text = String::new();
+            let mut lines = Vec::with_capacity(batch.len());
+            for mut line in batch.drain(..) {
+                seq += 1;
+                line.insert("seq".into(), json!(seq));
+                let l = Value::Object(line);
+                text.push_str(&l.to_string());
+                text.push('\n');
+                lines.push(l);
+            }
+            self.track_devices(&lines).await;
+            if self.stdout {
+                print!("{text}");
+            }
             let dir = self.dir.clone();
-            let write = tokio::task::spawn_blocking(move || append(&dir, &text).map(|()| text));
-            match write.await {
-                Ok(Ok(text)) if self.stdout => println!("{text}"),
-                Ok(Ok(_)) => {}
+            match tokio::task::spawn_blocking(move || append(&dir, &text)).await {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => warn!(error = %e, "writing the audit log failed"),
                 Err(e) => warn!(error = %e, "audit writer task failed"),
             }
         }
     }
 
-    /// Keeps `device/<id>` in the store in line with what the relay saw.
-    async fn track_device(&self, line: &Line) {
-        let event = line.get("event").and_then(Value::as_str).unwrap_or("");
-        if !matches!(event, "device.online" | "device.offline" | "port.bind") {
+    /// Keeps `device/<id>` in the store in line with what the relay saw: the batch's
+    /// device events folded per device, written in one compare-and-set commit (retried
+    /// on a race with the API).
+    async fn track_devices(&self, lines: &[Value]) {
+        let events: Vec<&Value> = lines
+            .iter()
+            .filter(|l| {
+                matches!(
+                    l.get("event").and_then(Value::as_str),
+                    Some("device.online" | "device.offline" | "port.bind")
+                )
+            })
+            .collect();
+        if events.is_empty() {
             return;
         }
-        let Some(id) = line.get("device").and_then(Value::as_str) else {
-            return;
-        };
-        let key = format!("{DEVICE}{id}");
+        let mut ids: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e.get("device").and_then(Value::as_str))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
         let now = fmt_time(SystemTime::now());
         for _ in 0..4 {
-            let current = match self.store.get(&key).await {
-                Ok(c) => c,
-                Err(e) => return warn!(error = %e, "reading a device record failed"),
-            };
-            let (mut record, expect) = match &current {
-                Some(v) => (
-                    serde_json::from_slice::<DeviceRecord>(&v.value).unwrap_or_default(),
-                    Expect::Version(v.version),
-                ),
-                None => (DeviceRecord::default(), Expect::Absent),
-            };
-            record.id = id.to_owned();
-            if record.first_seen.is_empty() {
-                record.first_seen = now.clone();
-            }
-            record.last_seen = now.clone();
-            match event {
-                "device.online" => {
-                    let s = |k: &str| line.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
-                    record.credential = s("user");
-                    record.last_addr = s("addr.remote");
-                    record.services = line
-                        .get("services")
-                        .and_then(|v| serde_json::from_value(v.clone()).ok())
-                        .unwrap_or_default();
-                    record.public_ports.clear();
+            let mut puts = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let key = format!("{DEVICE}{id}");
+                let current = match self.store.get(&key).await {
+                    Ok(c) => c,
+                    Err(e) => return warn!(error = %e, "reading a device record failed"),
+                };
+                let (mut record, expect) = match &current {
+                    Some(v) => (
+                        serde_json::from_slice::<DeviceRecord>(&v.value).unwrap_or_default(),
+                        Expect::Version(v.version),
+                    ),
+                    None => (DeviceRecord::default(), Expect::Absent),
+                };
+                for e in events
+                    .iter()
+                    .filter(|e| e.get("device").and_then(Value::as_str) == Some(id))
+                {
+                    apply(&mut record, id, e, &now);
                 }
-                "port.bind" => {
-                    if let (Some(service), Some(port)) = (
-                        line.get("service").and_then(Value::as_str),
-                        line.get("port").and_then(Value::as_u64),
-                    ) {
-                        record
-                            .public_ports
-                            .insert(service.to_owned(), u16::try_from(port).unwrap_or(0));
-                    }
-                }
-                _ => {}
+                puts.push((key, serde_json::to_vec(&record).unwrap_or_default(), expect));
             }
-            let bytes = serde_json::to_vec(&record).unwrap_or_default();
-            match self.store.put(&key, bytes, expect, None).await {
-                Ok(_) => return,
+            match self.store.commit(puts).await {
+                Ok(()) => return,
                 Err(crate::store::StoreError::Conflict { .. }) => continue,
-                Err(e) => return warn!(error = %e, "writing a device record failed"),
+                Err(e) => return warn!(error = %e, "writing device records failed"),
             }
         }
+    }
+}
+
+/// Folds one device event into its record.
+fn apply(record: &mut DeviceRecord, id: &str, line: &Value, now: &str) {
+    record.id = id.to_owned();
+    if record.first_seen.is_empty() {
+        record.first_seen = now.to_owned();
+    }
+    record.last_seen = now.to_owned();
+    let s = |k: &str| line.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match line.get("event").and_then(Value::as_str) {
+        Some("device.online") => {
+            record.credential = s("user");
+            record.last_addr = s("addr.remote");
+            record.services = line
+                .get("services")
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            record.public_ports.clear();
+        }
+        Some("port.bind") => {
+            if let (Some(service), Some(port)) = (
+                line.get("service").and_then(Value::as_str),
+                line.get("port").and_then(Value::as_u64),
+            ) {
+                record
+                    .public_ports
+                    .insert(service.to_owned(), u16::try_from(port).unwrap_or(0));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -356,7 +395,7 @@ fn append(dir: &Path, text: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&path)?;
-    file.write_all(format!("{text}\n").as_bytes())
+    file.write_all(text.as_bytes())
 }
 
 /// Audit lines matching a query, oldest first.

@@ -76,7 +76,8 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
     // the driver starts wait in its queue.
     let (session, inbound, unstarted) = prepare(&relay, hello.role);
     let generation = relay.registry.generation();
-    let gate = public::PublicGate::new(&relay);
+    // Only devices with public ports pay for the public caps.
+    let gate = (!listeners.is_empty()).then(|| public::PublicGate::new(&relay));
     let public_tasks = listeners
         .into_iter()
         .map(|(service, listener)| {
@@ -85,7 +86,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
                 public::public_accept(
                     relay.clone(),
                     session.clone(),
-                    gate.clone(),
+                    gate.clone().expect("a gate exists when there are listeners"),
                     device.clone(),
                     service,
                     listener,

@@ -98,6 +98,12 @@ pub trait Store: Send + Sync + 'static {
         lease: Option<LeaseId>,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
+    /// Writes several keys atomically, each if it is as its `Expect` says: all or none (an
+    /// etcd transaction; one SQLite transaction, so one fsync for the lot). A conflict on
+    /// any key fails the whole commit.
+    fn commit(&self, puts: Vec<(String, Vec<u8>, Expect)>)
+    -> BoxFuture<'_, Result<(), StoreError>>;
+
     /// Deletes `key` if it is as `expect` says; returns whether there was a value.
     fn delete<'a>(
         &'a self,

@@ -260,6 +260,33 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn commit(
+        &self,
+        puts: Vec<(String, Vec<u8>, Expect)>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.run(move |db| {
+            let tx = db.transaction().map_err(backend)?;
+            let mut changes = Vec::with_capacity(puts.len());
+            for (key, value, expect) in puts {
+                let found = current(&tx, &key)?;
+                check(&key, found, expect)?;
+                let version = found.unwrap_or(0) + 1;
+                tx.execute(
+                    "INSERT INTO kv (key, value, version, lease) VALUES (?1, ?2, ?3, NULL)
+                     ON CONFLICT(key) DO UPDATE SET value = ?2, version = ?3, lease = NULL",
+                    params![key, value, version as i64],
+                )
+                .map_err(backend)?;
+                changes.push(Change {
+                    key,
+                    value: Some(value),
+                });
+            }
+            tx.commit().map_err(backend)?;
+            Ok(((), changes))
+        }))
+    }
+
     fn delete<'a>(
         &'a self,
         key: &'a str,
@@ -431,6 +458,32 @@ mod tests {
         assert_eq!((gone.key.as_str(), gone.value), ("p/1", None));
         assert!(store.get("p/1").await.unwrap().is_none());
         assert!(store.keep_alive(lease).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_commit_writes_all_keys_or_none() {
+        let store = SqliteStore::open(temp_db("commit")).unwrap();
+        store.put("k/1", vec![1], Expect::Any, None).await.unwrap();
+        let conflict = store
+            .commit(vec![
+                ("k/2".into(), vec![2], Expect::Absent),
+                ("k/1".into(), vec![9], Expect::Absent),
+            ])
+            .await;
+        assert!(matches!(conflict, Err(StoreError::Conflict { .. })));
+        assert!(
+            store.get("k/2").await.unwrap().is_none(),
+            "nothing of a failed commit"
+        );
+        store
+            .commit(vec![
+                ("k/2".into(), vec![2], Expect::Absent),
+                ("k/1".into(), vec![9], Expect::Version(1)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(store.get("k/1").await.unwrap().unwrap().value, vec![9]);
+        assert_eq!(store.get("k/2").await.unwrap().unwrap().version, 1);
     }
 
     #[tokio::test]
