@@ -6,7 +6,9 @@
 //! 3. relay and agent CPU seconds per GiB relayed (private and public).
 //!
 //! `cargo bench -p tunnel-benches --bench scale` (env: `BENCH_DEVICES`, default
-//! `1,1000,10000`; `BENCH_IDLE`, idle connections, default 1000; `BENCH_GIB`, default 1).
+//! `1,1000,10000`; `BENCH_IDLE`, idle connections, default 1000; `BENCH_GIB`, default 1;
+//! `BENCH_ONLY=devices` runs only the first part; `BENCH_RELAY_BIN`, another relay binary
+//! for the devices part, to A/B it against this build's in one run).
 //! The fd limit must allow the devices (this machine's is 20 000, two sockets per device in
 //! all: one here, one in the relay).
 
@@ -39,6 +41,9 @@ fn main() {
         .collect();
     let rt = tunnel_benches::client_runtime();
     rt.block_on(devices(&steps));
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "devices") {
+        return;
+    }
     // The servers run on a runtime of their own, started outside this one.
     let servers = Servers::start(1);
     rt.block_on(idle_connections(&servers, env_or("BENCH_IDLE", 1000)));
@@ -63,7 +68,10 @@ async fn devices(steps: &[usize]) {
         tokens.push(token);
     }
     file.save(dir.join("tokens.toml")).expect("token file");
-    let mut cmd = Command::new(release_bins().relay);
+    let relay_bin = std::env::var_os("BENCH_RELAY_BIN")
+        .map_or_else(|| release_bins().relay, std::path::PathBuf::from);
+    println!("relay binary: {}", relay_bin.display());
+    let mut cmd = Command::new(relay_bin);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--tokens"])
         .arg(dir.join("tokens.toml"))
         .arg("--state-dir")

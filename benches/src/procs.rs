@@ -111,7 +111,12 @@ impl Tunnel {
             // The benches load one device's public port from one address: lift the public
             // caps that protect private access (measured separately by the hostile suite).
             let public = (n.parse::<usize>().unwrap_or(128) - 1).to_string();
-            cmd.args(["--public-max-streams", &public, "--public-max-per-source", "100000"]);
+            cmd.args([
+                "--public-max-streams",
+                &public,
+                "--public-max-per-source",
+                "100000",
+            ]);
         }
         let (relay, v) = Proc::start(&mut cmd, &["listening", "pin"], WAIT).await;
         let (relay_addr, pin) = (v[0].clone(), v[1].parse().expect("pin"));
