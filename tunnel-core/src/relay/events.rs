@@ -214,7 +214,8 @@ struct StreamEntry {
 #[derive(Default)]
 pub(super) struct Tables {
     next_id: AtomicU64,
-    sessions: Mutex<HashMap<u64, SessionEntry>>,
+    /// Boxed: the map's slack (up to half its buckets) then costs a pointer, not an entry.
+    sessions: Mutex<HashMap<u64, Box<SessionEntry>>>,
     streams: Mutex<HashMap<u64, StreamEntry>>,
     sink: Option<Arc<dyn EventSink>>,
 }
@@ -238,7 +239,7 @@ impl Tables {
     }
 
     pub(super) fn add_session(&self, info: SessionInfo, handle: Session) {
-        lock(&self.sessions).insert(info.id, SessionEntry { info, handle });
+        lock(&self.sessions).insert(info.id, Box::new(SessionEntry { info, handle }));
     }
 
     pub(super) fn set_session_device(&self, id: u64, device: &str) {

@@ -7,7 +7,8 @@
 //! registers again without a port it held releases that port) or an operator releases it
 //! ([`Relay::release_device`](crate::Relay::release_device)).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Device IDs one principal may own at once. A fleet credential (`pi-*`) owns one per
 /// device it registered; past this, its oldest ownership is forgotten (only that
@@ -24,10 +25,14 @@ pub(super) struct PortOwner {
 
 #[derive(Default)]
 pub(super) struct Owners {
-    /// Device ID → principal.
-    devices: HashMap<String, String>,
-    /// Principal → its device IDs, oldest claim first.
-    claims: HashMap<String, VecDeque<String>>,
+    /// Device ID → its principal (shared by all the principal's devices) and the claim's
+    /// sequence number (to find a principal's oldest claim).
+    devices: HashMap<String, (Arc<str>, u64)>,
+    /// Principal → how many device IDs it owns. Kept apart from `devices` so a fleet of
+    /// single-device credentials costs one small entry each (this map is per device in
+    /// memory terms, so it holds no list).
+    counts: HashMap<Arc<str>, usize>,
+    next_claim: u64,
     /// Public port → its owner.
     ports: HashMap<u16, PortOwner>,
 }
@@ -35,35 +40,47 @@ pub(super) struct Owners {
 impl Owners {
     /// The principal that owns `device`, if any.
     pub(super) fn device_owner(&self, device: &str) -> Option<&str> {
-        self.devices.get(device).map(String::as_str)
+        self.devices.get(device).map(|(p, _)| &**p)
     }
 
     /// Records `principal` as the owner of `device`. The caller checked that no other
     /// principal owns it.
     pub(super) fn own_device(&mut self, device: &str, principal: &str) {
-        if self.devices.get(device).is_some_and(|p| p == principal) {
+        if self.device_owner(device) == Some(principal) {
             return;
         }
-        self.devices.insert(device.to_owned(), principal.to_owned());
-        let claims = self.claims.entry(principal.to_owned()).or_default();
-        claims.push_back(device.to_owned());
-        if claims.len() > MAX_DEVICES_PER_PRINCIPAL
-            && let Some(oldest) = claims.pop_front()
-        {
-            self.devices.remove(&oldest);
-            self.ports.retain(|_, o| o.device != oldest);
+        let shared: Arc<str> = match self.counts.get_key_value(principal) {
+            Some((k, _)) => k.clone(),
+            None => principal.into(),
+        };
+        self.next_claim += 1;
+        self.devices
+            .insert(device.to_owned(), (shared.clone(), self.next_claim));
+        let count = self.counts.entry(shared).or_default();
+        *count += 1;
+        if *count > MAX_DEVICES_PER_PRINCIPAL {
+            // Rare (a fleet past its cap): find the principal's oldest claim by a scan.
+            let oldest = self
+                .devices
+                .iter()
+                .filter(|(_, (p, _))| &**p == principal)
+                .min_by_key(|(_, (_, seq))| *seq)
+                .map(|(d, _)| d.clone());
+            if let Some(oldest) = oldest {
+                self.release_device(&oldest);
+            }
         }
     }
 
     /// Forgets the owner of `device` and of its public ports.
     pub(super) fn release_device(&mut self, device: &str) -> bool {
-        let Some(principal) = self.devices.remove(device) else {
+        let Some((principal, _)) = self.devices.remove(device) else {
             return false;
         };
-        if let Some(claims) = self.claims.get_mut(&principal) {
-            claims.retain(|d| d != device);
-            if claims.is_empty() {
-                self.claims.remove(&principal);
+        if let Some(n) = self.counts.get_mut(&principal) {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&principal);
             }
         }
         self.ports.retain(|_, o| o.device != device);
@@ -129,6 +146,19 @@ mod tests {
         assert_eq!(o.device_owner("pi-1"), None);
         assert!(o.port_owner(41001).is_none());
         assert!(!o.release_device("pi-1"));
+    }
+
+    #[test]
+    fn a_principal_past_its_cap_forgets_its_own_oldest_claim_only() {
+        let mut o = Owners::default();
+        o.own_device("other", "token:b");
+        for i in 0..=MAX_DEVICES_PER_PRINCIPAL {
+            o.own_device(&format!("d{i}"), "token:a");
+        }
+        assert_eq!(o.device_owner("d0"), None, "the oldest claim went");
+        assert_eq!(o.device_owner("d1"), Some("token:a"));
+        assert_eq!(o.device_owner("other"), Some("token:b"), "nobody else's");
+        assert_eq!(o.counts.get("token:a").copied(), Some(MAX_DEVICES_PER_PRINCIPAL));
     }
 
     #[test]
