@@ -77,24 +77,21 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
     let (session, inbound, unstarted) = prepare(&relay, hello.role);
     let generation = relay.registry.generation();
     // Only devices with public ports pay for the public caps.
-    let gate = (!listeners.is_empty()).then(|| public::PublicGate::new(&relay));
-    let public_tasks = listeners
-        .into_iter()
-        .map(|(service, listener)| {
-            let span = info_span!("public", %service, port = public::port_of(&listener));
-            tokio::spawn(
-                public::public_accept(
-                    relay.clone(),
-                    session.clone(),
-                    gate.clone().expect("a gate exists when there are listeners"),
-                    device.clone(),
-                    service,
-                    listener,
-                )
-                .instrument(span),
-            )
-        })
-        .collect();
+    let public_tasks = if listeners.is_empty() {
+        Vec::new()
+    } else {
+        let gate = public::PublicGate::new(&relay);
+        listeners
+            .into_iter()
+            .map(|(service, listener)| {
+                let span = info_span!("public", %service, port = public::port_of(&listener));
+                let (relay, session, gate) = (relay.clone(), session.clone(), gate.clone());
+                let accept =
+                    public::public_accept(relay, session, gate, device.clone(), service, listener);
+                tokio::spawn(accept.instrument(span))
+            })
+            .collect()
+    };
     let entry = Online {
         generation,
         principal: identity.principal().to_owned(),

@@ -158,7 +158,10 @@ mod tests {
         assert_eq!(o.device_owner("d0"), None, "the oldest claim went");
         assert_eq!(o.device_owner("d1"), Some("token:a"));
         assert_eq!(o.device_owner("other"), Some("token:b"), "nobody else's");
-        assert_eq!(o.counts.get("token:a").copied(), Some(MAX_DEVICES_PER_PRINCIPAL));
+        assert_eq!(
+            o.counts.get("token:a").copied(),
+            Some(MAX_DEVICES_PER_PRINCIPAL)
+        );
     }
 
     #[test]
