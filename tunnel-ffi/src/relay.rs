@@ -183,21 +183,22 @@ impl Relay {
             builder = builder.public_ports(low..=high);
         }
         let relay = builder.build().map_err(errors::config)?;
-        let admin = match (admin.as_mut(), admin_listen) {
-            (Some(a), Some(addr)) => {
+        let (stop, done) = (CancellationToken::new(), CancellationToken::new());
+        let admin = match (admin.take(), admin_listen) {
+            (Some(mut a), Some(addr)) => {
                 let _enter = runtime().enter();
                 a.plane.start(&relay);
                 let std_admin = std::net::TcpListener::bind(addr).map_err(errors::io)?;
                 std_admin.set_nonblocking(true).map_err(errors::io)?;
                 let bound = std_admin.local_addr().map_err(errors::io)?;
                 let listener = tokio::net::TcpListener::from_std(std_admin).map_err(errors::io)?;
-                let a = admin.take().expect("matched Some");
                 let (relay, token) = (relay.clone(), a.token.clone());
+                let stopped = stop.clone().cancelled_owned();
                 runtime().spawn(async move {
+                    // Serves until the relay stops, then ends enforcement too.
                     let plane = a.plane;
-                    let _ = plane
-                        .serve_api(relay, listener, None, std::future::pending())
-                        .await;
+                    let _ = plane.serve_api(relay, listener, None, stopped).await;
+                    plane.close();
                 });
                 Some((bound.to_string(), token))
             }
@@ -209,7 +210,6 @@ impl Relay {
         let addr = std_listener.local_addr().map_err(errors::io)?;
         let _enter = runtime().enter();
         let listener = tokio::net::TcpListener::from_std(std_listener).map_err(errors::io)?;
-        let (stop, done) = (CancellationToken::new(), CancellationToken::new());
         let failure = Arc::new(Mutex::new(None));
         runtime().spawn({
             let (relay, stop, done, failure) =

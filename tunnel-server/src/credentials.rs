@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use tunnel_core::{
     AuthRejected, AuthRequest, Authenticator, BoxFuture, Grants, Identity, Relay, Token, TokenFile,
@@ -422,7 +423,7 @@ impl Credentials {
 
     /// Keeps `relay`'s sessions in line with the store: watches `cred/` and closes the
     /// sessions of credentials that were revoked, deleted, re-granted or that expired.
-    pub fn enforce(self: &Arc<Self>, relay: Relay) -> JoinHandle<()> {
+    pub fn enforce(self: &Arc<Self>, relay: Relay, stop: CancellationToken) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut watch = me.store.watch(CRED);
@@ -430,6 +431,7 @@ impl Credentials {
             let mut expired: HashSet<String> = HashSet::new();
             loop {
                 tokio::select! {
+                    () = stop.cancelled() => return,
                     change = watch.next() => {
                         let cut = match change {
                             None => return,

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tunnel_core::{AuthThrottle, Relay};
 
 use crate::audit::{AuditWriter, Auditor};
@@ -56,6 +57,8 @@ pub struct ControlPlane {
     credentials: Arc<Credentials>,
     auditor: Auditor,
     writer: Option<AuditWriter>,
+    /// Cancelled by [`ControlPlane::close`]: enforcement and the admin API stop.
+    stop: CancellationToken,
 }
 
 impl ControlPlane {
@@ -72,6 +75,7 @@ impl ControlPlane {
             credentials,
             auditor,
             writer: Some(writer),
+            stop: CancellationToken::new(),
         })
     }
 
@@ -98,10 +102,16 @@ impl ControlPlane {
     /// Attaches the built relay: revocations, grant changes and expiries close its
     /// sessions from now on, and the audit writer runs.
     pub fn start(&mut self, relay: &Relay) {
-        self.credentials.enforce(relay.clone());
+        self.credentials.enforce(relay.clone(), self.stop.clone());
         if let Some(writer) = self.writer.take() {
             tokio::spawn(writer.run());
         }
+    }
+
+    /// Stops enforcement and the admin API (for an in-process relay that stops; the
+    /// audit writer ends once the relay, its last event source, is dropped).
+    pub fn close(&self) {
+        self.stop.cancel();
     }
 
     fn api_state(&self, relay: Relay, metrics: Option<PrometheusHandle>) -> api::ApiState {
@@ -126,8 +136,14 @@ impl ControlPlane {
     ) -> std::io::Result<()> {
         let app = api::router(self.api_state(relay, metrics))
             .into_make_service_with_connect_info::<SocketAddr>();
+        let stop = self.stop.clone();
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    () = stop.cancelled() => {}
+                }
+            })
             .await
     }
 
@@ -151,6 +167,7 @@ impl ControlPlane {
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => accepted?,
                 () = &mut shutdown => return Ok(()),
+                () = self.stop.cancelled() => return Ok(()),
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue; // over the cap: the connection is dropped
