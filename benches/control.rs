@@ -12,11 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
-use tunnel_benches::procs::{build_release_binaries, release_bins};
+use tunnel_benches::procs::{build_release_binaries, fleet_token_file, release_bins};
 use tunnel_benches::{WAIT, env_or};
-use tunnel_core::{
-    ClientConfig, DeviceConfig, Listener, ListenerState, SpkiPin, Token, TokenEntry, TokenFile,
-};
+use tunnel_core::{ClientConfig, DeviceConfig, Listener, ListenerState, SpkiPin};
 use tunnel_testkit::{Proc, fresh_dir, http, rss_kib};
 
 /// Registrations in flight at once: under the relay's per-source handshake cap (32).
@@ -47,20 +45,7 @@ fn percentiles(mut v: Vec<Duration>) -> String {
 async fn run(n: usize, requests: usize) {
     let bins = release_bins();
     let dir = fresh_dir("bench-control");
-    let mut file = TokenFile::default();
-    let mut tokens = Vec::with_capacity(n);
-    for i in 0..n {
-        let token = Token::generate().expect("token");
-        file.tokens.push(TokenEntry {
-            name: format!("dev-{i}"),
-            hash: token.hash().to_string(),
-            devices: vec![format!("dev-{i}")],
-            access: vec![],
-            public: false,
-        });
-        tokens.push(token);
-    }
-    file.save(dir.join("tokens.toml")).expect("token file");
+    let tokens = fleet_token_file(&dir.join("tokens.toml"), n);
     let out = Command::new(&bins.relay)
         .args(["admin-token", "new", "--name", "bench", "--state-dir"])
         .arg(dir.join("state"))

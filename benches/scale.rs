@@ -18,13 +18,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
-use tunnel_benches::procs::{Tunnel, TunnelOptions, build_release_binaries, release_bins};
+use tunnel_benches::procs::{
+    Tunnel, TunnelOptions, build_release_binaries, fleet_token_file, release_bins,
+};
 use tunnel_benches::servers::Servers;
 use tunnel_benches::workload::{Duplex, Target, transfer};
 use tunnel_benches::{WAIT, env_or};
-use tunnel_core::{
-    ClientConfig, DeviceConfig, Dialer, Listener, SpkiPin, Token, TokenEntry, TokenFile,
-};
+use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, SpkiPin};
 use tunnel_testkit::{Proc, cpu_secs, fresh_dir, rss_kib};
 
 /// Registrations in flight at once: under the relay's per-source handshake cap (32).
@@ -54,20 +54,7 @@ fn main() {
 async fn devices(steps: &[usize]) {
     let max = steps.iter().copied().max().unwrap_or(0);
     let dir = fresh_dir("scale");
-    let mut file = TokenFile::default();
-    let mut tokens = Vec::with_capacity(max);
-    for i in 0..max {
-        let token = Token::generate().expect("token");
-        file.tokens.push(TokenEntry {
-            name: format!("dev-{i}"),
-            hash: token.hash().to_string(),
-            devices: vec![format!("dev-{i}")],
-            access: vec![],
-            public: false,
-        });
-        tokens.push(token);
-    }
-    file.save(dir.join("tokens.toml")).expect("token file");
+    let tokens = fleet_token_file(&dir.join("tokens.toml"), max);
     let relay_bin = std::env::var_os("BENCH_RELAY_BIN")
         .map_or_else(|| release_bins().relay, std::path::PathBuf::from);
     println!("relay binary: {}", relay_bin.display());

@@ -166,3 +166,23 @@ impl Drop for Tunnel {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A token file at `path` with `n` device credentials `dev-<i>`, each allowed to register
+/// device `dev-<i>` (a fleet with one credential per device); returns their tokens.
+pub fn fleet_token_file(path: &Path, n: usize) -> Vec<Token> {
+    let mut file = tunnel_core::TokenFile::default();
+    let mut tokens = Vec::with_capacity(n);
+    for i in 0..n {
+        let token = Token::generate().expect("token");
+        file.tokens.push(tunnel_core::TokenEntry {
+            name: format!("dev-{i}"),
+            hash: token.hash().to_string(),
+            devices: vec![format!("dev-{i}")],
+            access: vec![],
+            public: false,
+        });
+        tokens.push(token);
+    }
+    file.save(path).expect("token file");
+    tokens
+}

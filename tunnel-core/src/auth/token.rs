@@ -53,7 +53,7 @@ pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
     /// Compares in constant time, so response timing says nothing about the stored hashes.
-    fn ct_eq(&self, other: &Self) -> bool {
+    pub fn ct_eq(&self, other: &Self) -> bool {
         self.0
             .iter()
             .zip(other.0.iter())
