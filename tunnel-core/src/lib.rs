@@ -117,7 +117,8 @@ pub use config::Limits;
 pub use error::{ConfigError, ConnectError, DialError, RelayError};
 pub use protocol::status::{ErrorKind, Refusal, RefusalCode};
 pub use relay::{
-    AuthThrottle, Event, EventSink, Relay, RelayBuilder, SessionInfo, SessionRole, StreamInfo,
+    AuthThrottle, CLAIM_TIMEOUT, ClaimRefused, Cluster, DeviceClaim, Event, EventSink, Relay,
+    RelayBuilder, SessionInfo, SessionRole, StreamInfo,
 };
 pub use stream::Stream;
-pub use tls::{RelayTrust, SpkiPin, TlsIdentity};
+pub use tls::{RelayTrust, SpkiPin, TlsIdentity, verify_client_cert};

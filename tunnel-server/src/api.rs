@@ -29,7 +29,10 @@ use utoipa::OpenApi;
 
 use crate::audit::{self, Auditor};
 use crate::credentials::{CredError, CredentialPatch, Credentials, NewCredential};
-use crate::model::{ADMIN, AdminRecord, CredentialView, DEVICE, DeviceRecord, fmt_time};
+use crate::cluster::{Health, RelayCluster};
+use crate::model::{
+    ADMIN, AdminRecord, CredentialView, DEVICE, DeviceRecord, PresenceRecord, RelayRecord, fmt_time,
+};
 use crate::store::{Expect, Store, StoreError};
 
 /// Largest request body: credentials and labels are small.
@@ -58,6 +61,8 @@ pub struct ApiState {
     pub metrics: Option<PrometheusHandle>,
     /// Failed admin logins per source.
     pub throttle: Arc<AuthThrottle>,
+    /// The cluster this relay belongs to, if any: the API then answers for every relay.
+    pub cluster: Option<RelayCluster>,
 }
 
 /// An API error: a status, a stable code and a message for humans.
@@ -278,6 +283,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/streams", get(list_streams))
         .route("/api/v1/streams/{id}", axum::routing::delete(delete_stream))
         .route("/api/v1/audit", get(audit_log))
+        .route("/api/v1/cluster", get(cluster_view))
         .fallback(|| async { ApiError::not_found("no such resource") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -307,7 +313,8 @@ pub fn router(state: ApiState) -> Router {
         delete_session,
         list_streams,
         delete_stream,
-        audit_log
+        audit_log,
+        cluster_view
     ),
     components(schemas(
         CredentialView,
@@ -317,7 +324,10 @@ pub fn router(state: ApiState) -> Router {
         DeviceView,
         LabelsPatch,
         SessionView,
-        StreamView
+        StreamView,
+        ClusterView,
+        RelayRecord,
+        Health
     ))
 )]
 pub struct ApiDoc;
@@ -331,10 +341,49 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "the store does not answer")))]
-async fn readyz(State(s): State<ApiState>) -> Result<&'static str, ApiError> {
+#[utoipa::path(get, path = "/readyz", responses((status = 200), (status = 503, description = "the store does not answer, or (in a cluster) this relay holds no lease")))]
+async fn readyz(State(s): State<ApiState>) -> Result<String, ApiError> {
     s.store.get("meta/ready").await?;
-    Ok("ready")
+    let Some(cluster) = &s.cluster else {
+        return Ok("ready".into());
+    };
+    let health = cluster.health();
+    if !health.store || !health.lease {
+        let why = health
+            .store_error
+            .unwrap_or_else(|| "this relay holds no lease in the cluster's store".into());
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why));
+    }
+    if health.peers_failing.is_empty() {
+        return Ok("ready".into());
+    }
+    let mut peers: Vec<&String> = health.peers_failing.keys().collect();
+    peers.sort();
+    Ok(format!("ready; links failing to {peers:?}"))
+}
+
+/// The cluster as this relay sees it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// This relay's ID.
+    relay: String,
+    /// Its view of the store and of its peers.
+    health: Health,
+    /// Every relay with a live lease, with its session counts.
+    relays: Vec<RelayRecord>,
+}
+
+#[utoipa::path(get, path = "/api/v1/cluster", responses((status = 200, body = ClusterView), (status = 404, description = "not a cluster")))]
+async fn cluster_view(_admin: Admin, State(s): State<ApiState>) -> Result<Json<ClusterView>, ApiError> {
+    let cluster = s
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this relay is not part of a cluster"))?;
+    Ok(Json(ClusterView {
+        relay: cluster.relay_id().to_owned(),
+        health: cluster.health(),
+        relays: cluster.relays().await?,
+    }))
 }
 
 async fn metrics_text(State(s): State<ApiState>) -> Response {
@@ -432,6 +481,8 @@ async fn revoke_credential(
 pub struct DeviceView {
     id: String,
     online: bool,
+    /// In a cluster, the relay that holds it while online.
+    relay: Option<String>,
     labels: BTreeMap<String, String>,
     credential: String,
     services: Vec<String>,
@@ -466,9 +517,52 @@ pub struct DeviceFilter {
 struct Live {
     online: HashMap<String, (String, String)>,
     bytes: HashMap<String, (u64, u64)>,
+    /// This relay's ID in a cluster.
+    here: Option<String>,
+    /// In a cluster: devices online on any relay, with the relay.
+    presence: HashMap<String, PresenceRecord>,
 }
 
-fn live(relay: &Relay) -> Live {
+impl Live {
+    /// Adds the cluster's presence of the devices from `first` to `last` (one page).
+    async fn with_presence(
+        mut self,
+        s: &ApiState,
+        first: Option<&str>,
+        last: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let (Some(cluster), Some(first), Some(last)) = (&s.cluster, first, last) else {
+            return Ok(self);
+        };
+        // Presence keys sort as device IDs do: the first one, then pages after it.
+        if let Some(p) = cluster.presence(first).await? {
+            self.presence.insert(first.to_owned(), p);
+        }
+        if first == last {
+            return Ok(self);
+        }
+        let mut after = first.to_owned();
+        loop {
+            let page = cluster.presence_page(Some(&after), MAX_PAGE).await?;
+            let done = page.len() < MAX_PAGE;
+            let Some((next, _)) = page.last() else {
+                return Ok(self);
+            };
+            after = next.clone();
+            for (device, record) in page {
+                if device.as_str() <= last {
+                    self.presence.insert(device, record);
+                }
+            }
+            if done || after.as_str() > last {
+                return Ok(self);
+            }
+        }
+    }
+}
+
+fn live(s: &ApiState) -> Live {
+    let relay = &s.relay;
     let online = relay
         .sessions()
         .into_iter()
@@ -483,14 +577,26 @@ fn live(relay: &Relay) -> Live {
         e.0 += st.up;
         e.1 += st.down;
     }
-    Live { online, bytes }
+    Live {
+        online,
+        bytes,
+        here: s.cluster.as_ref().map(|c| c.relay_id().to_owned()),
+        presence: HashMap::new(),
+    }
 }
 
 fn view(r: DeviceRecord, live: &Live) -> DeviceView {
     let session = live.online.get(&r.id);
     let (up, down) = live.bytes.get(&r.id).copied().unwrap_or_default();
+    let elsewhere = live.presence.get(&r.id);
+    let relay = match (session, elsewhere) {
+        (Some(_), _) => live.here.clone(),
+        (None, Some(p)) => Some(p.relay.clone()),
+        (None, None) => None,
+    };
     DeviceView {
-        online: session.is_some(),
+        online: session.is_some() || elsewhere.is_some(),
+        relay,
         online_since: session.map(|s| s.0.clone()),
         remote_addr: session.map_or(r.last_addr.clone(), |s| s.1.clone()),
         id: r.id,
@@ -522,7 +628,6 @@ async fn list_devices(
         })?),
         None => None,
     };
-    let live = live(&s.relay);
     let prefix = format!("{DEVICE}{}", f.prefix.as_deref().unwrap_or(""));
     let mut after = f.after.map(|a| format!("{DEVICE}{a}"));
     let mut items = Vec::new();
@@ -531,6 +636,9 @@ async fn list_devices(
         let batch = s.store.list(&prefix, after.as_deref(), MAX_PAGE).await?;
         let done = batch.len() < MAX_PAGE;
         after = batch.last().map(|(k, _)| k.clone());
+        let first = batch.first().and_then(|(k, _)| k.strip_prefix(DEVICE));
+        let last = batch.last().and_then(|(k, _)| k.strip_prefix(DEVICE));
+        let live = live(&s).with_presence(&s, first, last).await?;
         for (_, v) in batch {
             let Ok(r) = serde_json::from_slice::<DeviceRecord>(&v.value) else {
                 continue;
@@ -572,7 +680,8 @@ async fn get_device(
     Path(id): Path<String>,
 ) -> Result<Json<DeviceView>, ApiError> {
     let (r, _) = device_record(&s, &id).await?;
-    Ok(Json(view(r, &live(&s.relay))))
+    let live = live(&s).with_presence(&s, Some(&id), Some(&id)).await?;
+    Ok(Json(view(r, &live)))
 }
 
 /// New labels of a device (they replace the old ones).
@@ -602,7 +711,7 @@ async fn patch_device(
         )
         .await?;
     admin.did(&s, "device.update", &id);
-    Ok(Json(view(r, &live(&s.relay))))
+    Ok(Json(view(r, &live(&s))))
 }
 
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", responses((status = 204), (status = 404)))]

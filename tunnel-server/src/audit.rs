@@ -192,8 +192,13 @@ impl EventSink for Auditor {
                 device,
                 service,
                 peer,
+                relay,
             } => {
                 let mut l = base("stream.open", "TS0001I", true);
+                if let Some(r) = relay {
+                    // The other relay of a cross-relay stream: both relays log the hop.
+                    l.insert("peer_relay".into(), json!(r));
+                }
                 l.insert("stream".into(), json!(stream));
                 l.insert("user".into(), json!(caller));
                 l.insert("device".into(), json!(device));

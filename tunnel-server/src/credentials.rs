@@ -220,6 +220,17 @@ impl Credentials {
         }
     }
 
+    /// The identity of credential `name` if it is live (not revoked, not expired).
+    fn live_identity(&self, name: &str) -> Option<Identity> {
+        let cache = self.read();
+        let record = cache.by_name.get(name)?;
+        if record.revoked.is_some() || !record.is_live(SystemTime::now()) {
+            return None;
+        }
+        let grants = grants_of(&record.grants).ok()?;
+        Some(Identity::new(record.name.clone(), grants).with_principal(record.principal()))
+    }
+
     /// A live credential's identity for `token`, or why not.
     fn authenticate_token(&self, token: &Token) -> Result<Identity, AuthRejected> {
         let hash = token.hash().to_string();
@@ -508,5 +519,14 @@ impl Authenticator for StoreAuthenticator {
                 .ok_or_else(|| AuthRejected::new("no token"))?;
             self.0.authenticate_token(token)
         })
+    }
+
+    /// A forwarded stream's caller, by principal (`token:<name>`): its identity while the
+    /// credential is live, `None` once revoked or expired.
+    fn resolve<'a>(&'a self, principal: &'a str) -> BoxFuture<'a, Option<Identity>> {
+        let found = principal
+            .strip_prefix("token:")
+            .and_then(|name| self.0.live_identity(name));
+        Box::pin(async move { found })
     }
 }

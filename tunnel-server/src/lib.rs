@@ -15,12 +15,14 @@
 //! - [`credentials`]: live credentials, the authenticator, enforcement.
 //! - [`audit`]: the JSON-lines audit trail and the device records.
 //! - [`api`]: the admin HTTP API.
+//! - [`cluster`]: a cluster of relays on etcd (presence, relay-to-relay links).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod audit;
+pub mod cluster;
 pub mod credentials;
 pub mod model;
 pub mod store;
@@ -59,6 +61,8 @@ pub struct ControlPlane {
     writer: Option<AuditWriter>,
     /// Cancelled by [`ControlPlane::close`]: enforcement and the admin API stop.
     stop: CancellationToken,
+    /// The cluster, once [`ControlPlane::join`]ed.
+    cluster: Option<cluster::RelayCluster>,
 }
 
 impl ControlPlane {
@@ -67,6 +71,18 @@ impl ControlPlane {
     pub async fn open(dir: &Path, audit_stdout: bool, relay_id: &str) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.join(DB_FILE))?);
+        Self::open_with_store(dir, store, audit_stdout, relay_id).await
+    }
+
+    /// Like [`open`](Self::open), on a store of the caller's (an [`EtcdStore`](store::EtcdStore)
+    /// shared by a cluster); `dir` holds the audit files.
+    pub async fn open_with_store(
+        dir: &Path,
+        store: Arc<dyn Store>,
+        audit_stdout: bool,
+        relay_id: &str,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(Box::new(e)))?;
         let credentials = Credentials::load(store.clone()).await?;
         let (auditor, writer) = Auditor::new(dir, audit_stdout, store.clone(), relay_id);
         Ok(Self {
@@ -76,6 +92,7 @@ impl ControlPlane {
             auditor,
             writer: Some(writer),
             stop: CancellationToken::new(),
+            cluster: None,
         })
     }
 
@@ -108,6 +125,12 @@ impl ControlPlane {
         }
     }
 
+    /// Makes the admin API answer for the whole cluster (devices on every relay, the
+    /// relays and their health). Call before serving the API.
+    pub fn join(&mut self, cluster: cluster::RelayCluster) {
+        self.cluster = Some(cluster);
+    }
+
     /// Stops enforcement and the admin API (for an in-process relay that stops; the
     /// audit writer ends once the relay, its last event source, is dropped).
     pub fn close(&self) {
@@ -123,6 +146,7 @@ impl ControlPlane {
             state_dir: self.dir.clone(),
             metrics,
             throttle: Arc::new(AuthThrottle::new(ADMIN_FAILURE_BURST, ADMIN_FAILURE_REFILL)),
+            cluster: self.cluster.clone(),
         }
     }
 

@@ -5,6 +5,8 @@
 //! | `cred/<name>` | [`CredentialRecord`]: token hash, grants, labels, created, expires, revoked |
 //! | `device/<id>` | [`DeviceRecord`]: labels, owner, first and last seen, address, services, ports |
 //! | `admin/<name>` | [`AdminRecord`]: an admin API token's hash |
+//! | `relay/<id>` | [`RelayRecord`]: a relay of the cluster, under its lease |
+//! | `presence/<device>` | [`PresenceRecord`]: which relay holds a device, under that relay's lease |
 //!
 //! Tokens are never stored, only their SHA-256 (`sha256:<hex>`), and no record ever leaves
 //! the relay with its hash: the API shows [`CredentialView`].
@@ -20,6 +22,50 @@ pub const CRED: &str = "cred/";
 pub const DEVICE: &str = "device/";
 /// Key prefix of admin tokens.
 pub const ADMIN: &str = "admin/";
+/// Key prefix of the relays of a cluster.
+pub const RELAY: &str = "relay/";
+/// Key prefix of device presence in a cluster.
+pub const PRESENCE: &str = "presence/";
+
+/// A relay of the cluster, written under its lease: it vanishes when the relay dies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RelayRecord {
+    /// The relay's ID.
+    pub id: String,
+    /// Where peers (and clients) reach its relay port, `host:port`.
+    pub addr: String,
+    /// The SPKI pin of its public TLS identity, which peers verify.
+    pub pin: String,
+    /// Sessions it holds, by role, as of its last update.
+    #[serde(default)]
+    pub devices: u64,
+    /// Access sessions (peer links included).
+    #[serde(default)]
+    pub access: u64,
+    /// Whether it is shutting down.
+    #[serde(default)]
+    pub draining: bool,
+    /// When it joined, RFC 3339.
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String)]
+    pub since: SystemTime,
+}
+
+/// Which relay holds a device, written under that relay's lease. One per device ID
+/// cluster-wide: claimed with compare-and-set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PresenceRecord {
+    /// The relay that holds the device's session.
+    pub relay: String,
+    /// The principal of the credential it registered with.
+    pub principal: String,
+    /// The registration's nonce on that relay.
+    pub nonce: u64,
+    /// When it registered, RFC 3339.
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String)]
+    pub since: SystemTime,
+}
 
 /// What a credential may do, in the token file's vocabulary.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -2,9 +2,11 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use tunnel_server::store::Store;
 use clap::{Args, Parser, Subcommand};
 use tunnel_core::{
     Grants, Identity, Pattern, Relay, TlsIdentity, Token, TokenAuthenticator, TokenEntry, TokenFile,
@@ -55,6 +57,9 @@ enum Command {
     Device(DeviceCommand),
     /// Print the SHA-256 pin of the relay certificate.
     Pin(CertArgs),
+    /// The cluster CA, for a cluster of relays.
+    #[command(subcommand, name = "cluster-ca")]
+    ClusterCa(ClusterCaCommand),
 }
 
 #[derive(Args)]
@@ -132,6 +137,49 @@ struct ServeArgs {
     max_streams: Option<usize>,
     #[command(flatten)]
     cert: CertArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+/// A cluster of relays sharing their state in etcd (off by default: one relay, SQLite).
+#[derive(Args)]
+struct ClusterArgs {
+    /// etcd endpoints, comma-separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`):
+    /// credentials, device records and presence are shared by every relay using them, and
+    /// this relay joins the cluster as --relay-id (unique per relay).
+    #[arg(long, value_name = "URLS", requires = "cluster_ca")]
+    etcd: Option<String>,
+    /// Key namespace in etcd (one etcd may serve several clusters).
+    #[arg(long, default_value = tunnel_server::store::DEFAULT_NAMESPACE)]
+    etcd_prefix: String,
+    /// The cluster CA directory (`tunnel-relay cluster-ca new`): ca.crt, and this relay's
+    /// certificate `<relay-id>.crt`/`.key` (issued there at start when ca.key is present).
+    #[arg(long, value_name = "DIR")]
+    cluster_ca: Option<PathBuf>,
+    /// Where the other relays reach this one, `host:port` (default: --listen, when it is a
+    /// specific address).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+}
+
+/// Where the credentials are: a state directory (SQLite), or the cluster's etcd.
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// The relay's state directory.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The cluster's etcd endpoints, comma-separated (instead of --state-dir).
+    #[arg(long, value_name = "URLS", conflicts_with = "state_dir")]
+    etcd: Option<String>,
+    /// Key namespace in etcd.
+    #[arg(long, default_value = tunnel_server::store::DEFAULT_NAMESPACE)]
+    etcd_prefix: String,
+}
+
+impl StoreArgs {
+    fn given(&self) -> bool {
+        self.state_dir.is_some() || self.etcd.is_some()
+    }
 }
 
 #[derive(Subcommand)]
@@ -141,17 +189,16 @@ enum TokenCommand {
     /// List the credentials (names and grants, never tokens).
     List {
         /// Token file.
-        #[arg(long, conflicts_with = "state_dir")]
+        #[arg(long, conflicts_with_all = ["state_dir", "etcd"])]
         file: Option<PathBuf>,
-        /// The relay's state directory.
-        #[arg(long)]
-        state_dir: Option<PathBuf>,
+        #[command(flatten)]
+        store: StoreArgs,
     },
-    /// Revoke a credential in the state store: its sessions close within a second.
+    /// Revoke a credential in the state store: its sessions close within a second, on
+    /// every relay of a cluster.
     Revoke {
-        /// The relay's state directory.
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The credential's name.
         #[arg(long)]
         name: String,
@@ -162,12 +209,32 @@ enum TokenCommand {
 enum AdminTokenCommand {
     /// Create an admin API token and print it once.
     New {
-        /// The relay's state directory.
-        #[arg(long)]
-        state_dir: PathBuf,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The admin's name (shown in the audit trail).
         #[arg(long)]
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCaCommand {
+    /// Create a cluster CA in DIR (ca.crt, ca.key): relays prove to each other with
+    /// certificates it issues.
+    New {
+        /// Where to write it.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue the certificate of one relay into DIR (`<relay-id>.crt`, `.key`), for relays
+    /// that should not hold ca.key: copy ca.crt and these two files to that relay.
+    Issue {
+        /// The CA directory (with ca.key).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The relay's ID.
+        #[arg(long)]
+        relay_id: String,
     },
 }
 
@@ -184,14 +251,14 @@ enum DeviceCommand {
 #[derive(Args)]
 struct NewToken {
     /// Token file (created if missing, mode 0600); imported by `serve --tokens`.
-    #[arg(long, conflicts_with = "state_dir")]
+    #[arg(long, conflicts_with_all = ["state_dir", "etcd"])]
     file: Option<PathBuf>,
-    /// The relay's state directory: the credential goes into its store and works at once,
-    /// also on a running relay.
-    #[arg(long)]
-    state_dir: Option<PathBuf>,
+    /// The store (--state-dir or --etcd): the credential works at once, also on running
+    /// relays.
+    #[command(flatten)]
+    store: StoreArgs,
     /// Expiry, RFC 3339 (`2026-12-31T00:00:00Z`); store only.
-    #[arg(long, requires = "state_dir")]
+    #[arg(long)]
     expires: Option<String>,
     /// Name of the credential (shown in logs and to devices as the caller).
     #[arg(long)]
@@ -216,28 +283,54 @@ async fn run() -> anyhow::Result<()> {
     init_tracing();
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
-        Command::Token(TokenCommand::New(args)) => match args.state_dir.clone() {
-            Some(dir) => new_store_token(&dir, args).await,
-            None => new_token(args),
-        },
-        Command::Token(TokenCommand::List { file, state_dir }) => match state_dir {
-            Some(dir) => list_store_tokens(&dir).await,
-            None => list_tokens(&file.unwrap_or_else(|| "tokens.toml".into())),
-        },
-        Command::Token(TokenCommand::Revoke { state_dir, name }) => {
-            let plane = open_store(&state_dir).await?;
-            let view = plane.credentials().revoke(&name).await?;
+        Command::Token(TokenCommand::New(args)) => {
+            if args.store.given() {
+                new_store_token(args).await
+            } else if args.expires.is_some() {
+                bail!("--expires needs the store (--state-dir or --etcd)")
+            } else {
+                new_token(args)
+            }
+        }
+        Command::Token(TokenCommand::List { file, store }) => {
+            if store.given() {
+                list_store_tokens(&store).await
+            } else {
+                list_tokens(&file.unwrap_or_else(|| "tokens.toml".into()))
+            }
+        }
+        Command::Token(TokenCommand::Revoke { store, name }) => {
+            let credentials = open_credentials(&store).await?;
+            let view = credentials.revoke(&name).await?;
             eprintln!(
                 "revoked {:?}; its sessions close within a second",
                 view.name
             );
             Ok(())
         }
-        Command::AdminToken(AdminTokenCommand::New { state_dir, name }) => {
-            let plane = open_store(&state_dir).await?;
-            let token = tunnel_server::api::new_admin_token(plane.store().as_ref(), &name).await?;
+        Command::AdminToken(AdminTokenCommand::New { store, name }) => {
+            let store = open_store(&store).await?;
+            let token = tunnel_server::api::new_admin_token(store.as_ref(), &name).await?;
             eprintln!("admin token {name:?} created; it is shown only once:");
             println!("{}", token.expose());
+            Ok(())
+        }
+        Command::ClusterCa(ClusterCaCommand::New { dir }) => {
+            if dir.join(tunnel_server::cluster::ca::CA_CERT).exists() {
+                bail!("{} already holds a cluster CA", dir.display());
+            }
+            tunnel_server::cluster::ca::ClusterCa::generate()?.save(&dir)?;
+            eprintln!(
+                "cluster CA written to {}; keep ca.key secret (it makes relays)",
+                dir.display()
+            );
+            Ok(())
+        }
+        Command::ClusterCa(ClusterCaCommand::Issue { dir, relay_id }) => {
+            let ca = tunnel_server::cluster::ca::ClusterCa::load(&dir)?;
+            let (cert, key) = tunnel_server::cluster::ca::relay_files(&dir, &relay_id);
+            ca.issue(&relay_id)?.save_pem_files(&cert, &key)?;
+            eprintln!("issued {} and {}", cert.display(), key.display());
             Ok(())
         }
         Command::Device(DeviceCommand::List { state_dir }) => list_devices(&state_dir).await,
@@ -252,9 +345,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let identity = load_identity(&args.cert)?;
     let identity_for_api = identity.clone();
     let dir = &args.cert.state_dir;
-    let mut plane = tunnel_server::ControlPlane::open(dir, args.audit_stdout, &args.relay_id)
-        .await
-        .with_context(|| format!("opening the state store in {}", dir.display()))?;
+    let mut plane = match &args.cluster.etcd {
+        Some(urls) => {
+            let store =
+                tunnel_server::store::EtcdStore::connect(&etcd_endpoints(urls), &args.cluster.etcd_prefix)
+                    .await
+                    .with_context(|| format!("connecting to etcd at {urls}"))?;
+            tunnel_server::ControlPlane::open_with_store(
+                dir,
+                Arc::new(store),
+                args.audit_stdout,
+                &args.relay_id,
+            )
+            .await?
+        }
+        None => tunnel_server::ControlPlane::open(dir, args.audit_stdout, &args.relay_id)
+            .await
+            .with_context(|| format!("opening the state store in {}", dir.display()))?,
+    };
+    let cluster = match &args.cluster.etcd {
+        Some(_) => Some(join_cluster(&args, &identity, plane.store().clone())?),
+        None => None,
+    };
     if let Some(path) = &args.tokens {
         let file = TokenFile::load(path)?;
         let n = plane.credentials().import(&file).await?;
@@ -263,6 +375,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let mut chain: Vec<Box<dyn tunnel_core::Authenticator>> = Vec::new();
+    if let Some((_, peers, _)) = &cluster {
+        chain.push(Box::new(tunnel_server::cluster::ca::PeerAuthenticator::new(peers)?));
+    }
     if args.client_ca.is_some() {
         chain.push(Box::new(tunnel_core::CertAuthenticator::new()));
     }
@@ -277,8 +392,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut builder =
         Relay::builder(identity, tunnel_core::FirstOf::new(chain)).events(plane.auditor());
-    if let Some(ca) = &args.client_ca {
-        builder = builder.client_ca_file(ca)?;
+    match &cluster {
+        Some((membership, ca, _)) => {
+            // Peers' certificates come from the cluster CA; devices' (if any) from --client-ca.
+            builder = builder
+                .client_roots(ca.roots_with(args.client_ca.as_deref())?)
+                .cluster(membership.hook());
+        }
+        None => {
+            if let Some(ca) = &args.client_ca {
+                builder = builder.client_ca_file(ca)?;
+            }
+        }
     }
     if let Some(range) = &args.public_ports {
         let (lo, hi) = range
@@ -303,6 +428,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .grace_period(Duration::from_secs(args.grace_secs))
         .build()?;
     plane.start(&relay);
+    let membership = match cluster {
+        Some((membership, _, advertise)) => {
+            membership
+                .start(relay.clone())
+                .await
+                .context("joining the cluster (etcd)")?;
+            plane.join(membership.clone());
+            println!("cluster {} advertised at {advertise}", membership.relay_id());
+            Some(membership)
+        }
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -318,7 +455,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .install_recorder()
             .context("installing the metrics recorder")?;
         let relay = relay.clone();
-        let plane = std::sync::Arc::new(plane);
+        let plane = Arc::new(plane);
         let tls = if args.admin_tls {
             Some(identity_for_api.server_config_for(&[b"h2", b"http/1.1"])?)
         } else {
@@ -342,8 +479,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         });
     }
-    let shutdown = async {
+    let draining = membership.clone();
+    let shutdown = async move {
         shutdown_signal().await;
+        if let Some(m) = draining {
+            tokio::spawn(async move { m.set_draining().await });
+        }
         // A second signal during the grace period exits at once.
         tokio::spawn(async {
             shutdown_signal().await;
@@ -351,21 +492,99 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     };
     relay.serve(listener, shutdown).await?;
+    if let Some(m) = membership {
+        m.leave().await;
+    }
     Ok(())
 }
 
-/// The control plane on a state directory (created if needed).
-async fn open_store(dir: &Path) -> anyhow::Result<tunnel_server::ControlPlane> {
-    tunnel_server::ControlPlane::open(dir, false, "cli")
-        .await
-        .with_context(|| format!("opening the state store in {}", dir.display()))
+/// This relay's membership of the cluster: its certificate from the cluster CA, the CA,
+/// and the address it advertises to its peers.
+fn join_cluster(
+    args: &ServeArgs,
+    identity: &TlsIdentity,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<(
+    tunnel_server::cluster::RelayCluster,
+    tunnel_server::cluster::ca::ClusterCa,
+    String,
+)> {
+    let ca_dir = args
+        .cluster
+        .cluster_ca
+        .as_ref()
+        .context("--etcd needs --cluster-ca DIR")?;
+    let ca = tunnel_server::cluster::ca::ClusterCa::load(ca_dir)?;
+    let peer_identity = ca
+        .relay_identity(ca_dir, &args.relay_id)
+        .with_context(|| format!("the certificate of relay {:?} in {}", args.relay_id, ca_dir.display()))?;
+    let advertise = match &args.cluster.advertise {
+        Some(a) => a.clone(),
+        None => {
+            let listen: std::net::SocketAddr = args
+                .listen
+                .parse()
+                .context("--listen is not an address; give --advertise HOST:PORT")?;
+            if listen.ip().is_unspecified() {
+                bail!("--listen {listen} is not an address peers can dial; give --advertise HOST:PORT");
+            }
+            listen.to_string()
+        }
+    };
+    let config = tunnel_server::cluster::ClusterConfig {
+        relay_id: args.relay_id.clone(),
+        advertise: advertise.clone(),
+        pin: identity.pin()?,
+        peer_identity,
+    };
+    Ok((tunnel_server::cluster::RelayCluster::new(config, store), ca, advertise))
 }
 
-async fn new_store_token(dir: &Path, args: NewToken) -> anyhow::Result<()> {
+/// The store the arguments name: SQLite in a state directory (created if needed), or etcd.
+async fn open_store(args: &StoreArgs) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(urls) = &args.etcd {
+        let endpoints = etcd_endpoints(urls);
+        let store = tunnel_server::store::EtcdStore::connect(&endpoints, &args.etcd_prefix)
+            .await
+            .with_context(|| format!("connecting to etcd at {urls}"))?;
+        return Ok(Arc::new(store));
+    }
+    let dir = args
+        .state_dir
+        .as_ref()
+        .context("name the store: --state-dir DIR or --etcd URLS")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let store = tunnel_server::store::SqliteStore::open(dir.join(tunnel_server::DB_FILE))
+        .with_context(|| format!("opening the state store in {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+async fn open_credentials(
+    args: &StoreArgs,
+) -> anyhow::Result<Arc<tunnel_server::credentials::Credentials>> {
+    let store = open_store(args).await?;
+    Ok(tunnel_server::credentials::Credentials::load(store).await?)
+}
+
+fn etcd_endpoints(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            if u.contains("://") {
+                u.to_owned()
+            } else {
+                format!("http://{u}")
+            }
+        })
+        .collect()
+}
+
+async fn new_store_token(args: NewToken) -> anyhow::Result<()> {
     if args.device.is_empty() && args.access.is_empty() {
         bail!("grant something: --device ID and/or --access DEVICE/SERVICE");
     }
-    let plane = open_store(dir).await?;
+    let credentials = open_credentials(&args.store).await?;
     let new = tunnel_server::credentials::NewCredential {
         name: args.name.clone(),
         grants: tunnel_server::model::GrantsSpec {
@@ -376,21 +595,20 @@ async fn new_store_token(dir: &Path, args: NewToken) -> anyhow::Result<()> {
         labels: Default::default(),
         expires: args.expires,
     };
-    let (_, token) = plane.credentials().create(new).await?;
+    let (_, token) = credentials.create(new).await?;
     eprintln!(
-        "added {:?} to the store in {}; the token is shown only once:",
+        "added {:?} to the store; the token is shown only once:",
         args.name,
-        dir.display()
     );
     println!("{}", token.expose());
     Ok(())
 }
 
-async fn list_store_tokens(dir: &Path) -> anyhow::Result<()> {
-    let plane = open_store(dir).await?;
+async fn list_store_tokens(store: &StoreArgs) -> anyhow::Result<()> {
+    let credentials = open_credentials(store).await?;
     let mut after: Option<String> = None;
     loop {
-        let page = plane.credentials().list(after.as_deref(), 1000);
+        let page = credentials.list(after.as_deref(), 1000);
         for c in &page {
             println!(
                 "{}\t{}\tdevices={:?}\taccess={:?}\tpublic={}",
@@ -405,11 +623,15 @@ async fn list_store_tokens(dir: &Path) -> anyhow::Result<()> {
 }
 
 async fn list_devices(dir: &Path) -> anyhow::Result<()> {
-    let plane = open_store(dir).await?;
+    let store = open_store(&StoreArgs {
+        state_dir: Some(dir.to_owned()),
+        etcd: None,
+        etcd_prefix: String::new(),
+    })
+    .await?;
     let mut after: Option<String> = None;
     loop {
-        let page = plane
-            .store()
+        let page = store
             .list(tunnel_server::model::DEVICE, after.as_deref(), 1000)
             .await?;
         for (_, v) in &page {

@@ -53,6 +53,22 @@ impl Authenticator for CertAuthenticator {
             Ok(Identity::new(*first, grants).with_principal(format!("cert:{first}")))
         })
     }
+
+    /// A forwarded stream's caller: `cert:<name>` gets the access grants every certificate
+    /// gets (the registration grants do not matter to a stream).
+    fn resolve<'a>(&'a self, principal: &'a str) -> BoxFuture<'a, Option<Identity>> {
+        let found = principal
+            .strip_prefix("cert:")
+            .filter(|n| is_valid_name(n))
+            .map(|name| {
+                let mut grants = Grants::new().register(Pattern(name.to_owned()));
+                for (d, s) in &self.access {
+                    grants = grants.access(d.clone(), s.clone());
+                }
+                Identity::new(name, grants).with_principal(principal)
+            });
+        Box::pin(async move { found })
+    }
 }
 
 #[cfg(test)]

@@ -32,6 +32,15 @@ pub trait Authenticator: Send + Sync + 'static {
         &'a self,
         request: &'a AuthRequest,
     ) -> BoxFuture<'a, Result<Identity, AuthRejected>>;
+
+    /// The live identity of a [`principal`](Identity::principal) this authenticator
+    /// issued, without its credential: how a relay in a cluster authorizes a stream that a
+    /// peer relay forwards on behalf of a caller it authenticated. `None` (the default)
+    /// when the principal is unknown, revoked or expired, and the stream is refused.
+    fn resolve<'a>(&'a self, principal: &'a str) -> BoxFuture<'a, Option<Identity>> {
+        let _ = principal;
+        Box::pin(async { None })
+    }
 }
 
 /// What a client presented to the relay.
@@ -55,6 +64,7 @@ pub struct Identity {
     name: String,
     principal: String,
     grants: Grants,
+    relay_peer: bool,
 }
 
 impl Identity {
@@ -67,7 +77,25 @@ impl Identity {
             principal: format!("app:{name}"),
             name,
             grants,
+            relay_peer: false,
         }
+    }
+    /// Another relay of the cluster, `relay:<id>`: it may forward streams on behalf of
+    /// callers it authenticated (each checked against the caller's own grants, through
+    /// [`Authenticator::resolve`]), and nothing else. Only a cluster authenticator that
+    /// verified the peer's relay certificate may return this.
+    pub fn relay_peer(relay_id: impl Into<String>) -> Self {
+        let name = relay_id.into();
+        Self {
+            principal: format!("relay:{name}"),
+            name,
+            grants: Grants::new(),
+            relay_peer: true,
+        }
+    }
+    /// Whether this is a [`relay_peer`](Self::relay_peer).
+    pub fn is_relay_peer(&self) -> bool {
+        self.relay_peer
     }
     /// The same identity under another principal, namespaced by authenticator. Use one
     /// prefix per authenticator and keep names unique within it.
@@ -154,6 +182,17 @@ impl Authenticator for FirstOf {
                 }
             }
             Err(AuthRejected::new(reasons.join("; ")))
+        })
+    }
+
+    fn resolve<'a>(&'a self, principal: &'a str) -> BoxFuture<'a, Option<Identity>> {
+        Box::pin(async move {
+            for a in &self.0 {
+                if let Some(identity) = a.resolve(principal).await {
+                    return Some(identity);
+                }
+            }
+            None
         })
     }
 }

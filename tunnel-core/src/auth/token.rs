@@ -231,6 +231,16 @@ impl Authenticator for TokenAuthenticator {
                 .ok_or_else(|| AuthRejected::new("unknown token"))
         })
     }
+
+    fn resolve<'a>(&'a self, principal: &'a str) -> BoxFuture<'a, Option<Identity>> {
+        let found = self
+            .entries
+            .iter()
+            .map(|(_, identity)| identity)
+            .find(|identity| identity.principal() == principal)
+            .cloned();
+        Box::pin(async move { found })
+    }
 }
 
 #[cfg(test)]

@@ -2,12 +2,14 @@
 //! and the relay's welcome or refusal, all under [`HANDSHAKE_TIMEOUT`]; then the yamux
 //! session with the limits the relay announced, and its heartbeat.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, debug, info_span};
 
 use super::ClientConfig;
 use super::heartbeat::heartbeat;
@@ -20,6 +22,8 @@ use crate::protocol::{self, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, Role, ver
 
 /// An established session with the relay.
 pub(crate) struct Connected {
+    /// The relay that accepted (one of the configured addresses).
+    pub(crate) relay: String,
     pub(crate) session: Session,
     pub(crate) inbound: Inbound,
     pub(crate) identity: String,
@@ -36,28 +40,101 @@ pub(crate) struct HelloRequest {
     pub(crate) public: Vec<(String, u16)>,
 }
 
-/// Connects, verifies the relay, authenticates and starts the session and its heartbeat,
-/// all under [`HANDSHAKE_TIMEOUT`].
+/// Deadline for the TCP connect to one address when there are several to try: a relay
+/// that is down or cut off must not hold the others back for the whole handshake deadline.
+pub(crate) const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to the first relay that accepts, in [`ClientConfig::attempt_order`], and
+/// remembers it. A permanent refusal (credential, certificate) ends the search at once:
+/// every relay of a cluster would say the same.
 pub(crate) async fn connect(
     cfg: &ClientConfig,
     request: HelloRequest,
 ) -> Result<Connected, ConnectError> {
     cfg.limits.validate()?;
-    let host = cfg.host()?.to_owned();
-    let name = crate::tls::server_name(cfg.server_name.as_deref().unwrap_or(&host))?;
+    cfg.validate_addrs()?;
     let tls_config = crate::tls::client_config(&cfg.trust, cfg.client_cert.as_ref())?;
-    let span =
-        info_span!("session", relay = %cfg.relay, role = ?request.role, device = %request.device);
+    let order = cfg.attempt_order();
+    let several = order.len() > 1;
+    let mut last = None;
+    for (index, relay) in order {
+        let addrs = match resolve(relay).await {
+            Ok(addrs) => addrs,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let several = several || addrs.len() > 1;
+        for addr in addrs {
+            match connect_to(cfg, relay, addr, several, &tls_config, &request).await {
+                Ok(connected) => {
+                    cfg.prefer(index);
+                    return Ok(connected);
+                }
+                Err(e) if e.is_permanent() => return Err(e),
+                Err(e) => {
+                    debug!(relay, %addr, error = %e, "relay not available; trying the next");
+                    last = Some(e);
+                }
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| ConnectError::Unreachable {
+        addr: cfg.relay.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::NotFound, "the name resolved to nothing"),
+    }))
+}
+
+/// Every address `relay` (`host:port`) resolves to, under [`RELAY_CONNECT_TIMEOUT`].
+async fn resolve(relay: &str) -> Result<Vec<SocketAddr>, ConnectError> {
+    let unreachable = |source| ConnectError::Unreachable {
+        addr: relay.to_owned(),
+        source,
+    };
+    let lookup = tokio::time::timeout(RELAY_CONNECT_TIMEOUT, tokio::net::lookup_host(relay));
+    match lookup.await {
+        Ok(Ok(addrs)) => Ok(addrs.collect()),
+        Ok(Err(e)) => Err(unreachable(e)),
+        Err(_) => Err(unreachable(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "name resolution timed out",
+        ))),
+    }
+}
+
+/// Connects to one address of `relay`, verifies it, authenticates and starts the session
+/// and its heartbeat, all under [`HANDSHAKE_TIMEOUT`] (the TCP connect under
+/// [`RELAY_CONNECT_TIMEOUT`] when there are other addresses to try).
+async fn connect_to(
+    cfg: &ClientConfig,
+    relay: &str,
+    addr: SocketAddr,
+    several: bool,
+    tls_config: &Arc<rustls::ClientConfig>,
+    request: &HelloRequest,
+) -> Result<Connected, ConnectError> {
+    let host = super::host_of(relay)?;
+    let name = crate::tls::server_name(cfg.server_name.as_deref().unwrap_or(host))?;
+    let span = info_span!("session", %relay, role = ?request.role, device = %request.device);
     let handshake = async {
-        let tcp =
-            TcpStream::connect(&cfg.relay)
-                .await
-                .map_err(|source| ConnectError::Unreachable {
-                    addr: cfg.relay.clone(),
-                    source,
-                })?;
+        let unreachable = |source| ConnectError::Unreachable {
+            addr: relay.to_owned(),
+            source,
+        };
+        let tcp = if several {
+            match tokio::time::timeout(RELAY_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(tcp) => tcp.map_err(unreachable)?,
+                Err(_) => {
+                    let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out");
+                    return Err(unreachable(e));
+                }
+            }
+        } else {
+            TcpStream::connect(addr).await.map_err(unreachable)?
+        };
         let _ = tcp.set_nodelay(true);
-        let mut tls = TlsConnector::from(tls_config)
+        let mut tls = TlsConnector::from(tls_config.clone())
             .connect(name, tcp)
             .await
             .map_err(tls_error)?;
@@ -122,6 +199,7 @@ pub(crate) async fn connect(
         Session::spawn(tls, &limits, opener, yamux::Mode::Client, span.clone());
     tokio::spawn(heartbeat(session.clone(), interval).instrument(span));
     Ok(Connected {
+        relay: relay.to_owned(),
         session,
         inbound,
         identity,

@@ -110,7 +110,40 @@ impl Dialer {
             device: device.to_owned(),
             service: service.to_owned(),
         };
-        let (mut stream, reply) = self.request(&header, MAX_HEADER_LEN).await?;
+        self.open_with(&header).await
+    }
+
+    /// For a relay of a cluster, on its link to a peer relay: opens a stream to `service`
+    /// on `device`, held by the peer, on behalf of `caller`, whom this relay authenticated.
+    /// The peer checks the caller's own grants and answers as [`dial`](Self::dial) would.
+    /// Any other credential is refused (`protocol` error): only a session the peer
+    /// authenticated as a [relay peer](crate::Identity::relay_peer) may forward.
+    #[doc(hidden)]
+    pub async fn forward(
+        &self,
+        device: &str,
+        service: &str,
+        caller: &crate::Identity,
+        origin: &str,
+    ) -> Result<Stream, DialError> {
+        for name in [device, service] {
+            if !protocol::is_valid_name(name) {
+                return Err(DialError::InvalidName(name.to_owned()));
+            }
+        }
+        let header = Message::Forward {
+            device: device.to_owned(),
+            service: service.to_owned(),
+            principal: caller.principal().to_owned(),
+            caller: caller.name().to_owned(),
+            origin: origin.to_owned(),
+        };
+        self.open_with(&header).await
+    }
+
+    /// Opens a stream with an `Open` or `Forward` header and reads the answer.
+    async fn open_with(&self, header: &Message) -> Result<Stream, DialError> {
+        let (mut stream, reply) = self.request(header, MAX_HEADER_LEN).await?;
         match reply {
             Message::Status {
                 code: StatusCode::Ok,

@@ -90,6 +90,8 @@ pub enum ListenerState {
         /// for another device, or over the credential's cap. The device is registered and
         /// reachable privately either way. Always empty with relays older than 0.2.
         public_failed: Vec<(String, String)>,
+        /// The relay that accepted, one of the configured addresses (several in a cluster).
+        relay: String,
     },
     /// Not connected; retrying. `last_error` says why the last attempt or session failed.
     Reconnecting {
@@ -152,6 +154,7 @@ impl Listener {
             Ok(c) => ListenerState::Connected {
                 public: c.public.clone(),
                 public_failed: c.public_failed.clone(),
+                relay: c.relay.clone(),
             },
             Err(e) => ListenerState::Reconnecting {
                 last_error: e.to_string(),
@@ -293,13 +296,14 @@ impl Supervisor {
             };
             match conn {
                 Ok(c) => {
-                    info!(identity = c.identity, public = ?c.public, "registered with the relay");
+                    info!(relay = c.relay, identity = c.identity, public = ?c.public, "registered with the relay");
                     for (service, why) in &c.public_failed {
                         warn!(service, why, "public port left out by the relay");
                     }
                     self.state.send_replace(ListenerState::Connected {
                         public: c.public.clone(),
                         public_failed: c.public_failed.clone(),
+                        relay: c.relay.clone(),
                     });
                     let started = tokio::time::Instant::now();
                     let reason = self.serve(c).await;

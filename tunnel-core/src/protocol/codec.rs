@@ -74,6 +74,20 @@ impl Message {
                 w.str8(device)?;
                 w.str8(service)?;
             }
+            Self::Forward {
+                device,
+                service,
+                principal,
+                caller,
+                origin,
+            } => {
+                w.u8(0x18);
+                w.str8(device)?;
+                w.str8(service)?;
+                w.str8(principal)?;
+                w.str8(caller)?;
+                w.str8(origin)?;
+            }
             Self::Incoming {
                 service,
                 caller,
@@ -191,6 +205,13 @@ impl Message {
             0x10 => Self::Open {
                 device: r.str8()?,
                 service: r.str8()?,
+            },
+            0x18 => Self::Forward {
+                device: r.str8()?,
+                service: r.str8()?,
+                principal: r.str8()?,
+                caller: r.str8()?,
+                origin: r.str8()?,
             },
             0x11 => Self::Incoming {
                 service: r.str8()?,
@@ -429,6 +450,16 @@ mod tests {
                     service: "ssh".into(),
                 },
                 "0008100270690373 7368",
+            ),
+            (
+                Message::Forward {
+                    device: "pi".into(),
+                    service: "ssh".into(),
+                    principal: "token:a".into(),
+                    caller: "a".into(),
+                    origin: "r1".into(),
+                },
+                "0015 18 027069 03737368 07746f6b656e3a61 0161 027231",
             ),
             (
                 Message::Incoming {

@@ -135,6 +135,20 @@ pub(crate) enum Message {
     Refused { code: RefusalCode, message: String },
     /// 0x10, access client → relay, stream header: join me to this device's service.
     Open { device: String, service: String },
+    /// 0x18, relay → relay, stream header (cluster): join this caller, whom the sending
+    /// relay authenticated, to this device's service. Accepted only on a session of a
+    /// [relay peer](crate::Identity::relay_peer); the receiving relay checks `principal`'s
+    /// own grants and serves only devices it holds itself (never forwards again).
+    Forward {
+        device: String,
+        service: String,
+        /// The caller's principal (`token:alice`), resolved by the receiving relay.
+        principal: String,
+        /// The caller's identity name, for the device and the logs.
+        caller: String,
+        /// The sending relay's ID, for the audit trail.
+        origin: String,
+    },
     /// 0x11, relay → device, stream header: a caller wants this service.
     Incoming {
         service: String,
@@ -178,6 +192,7 @@ impl Message {
             Self::Welcome { .. } => "welcome",
             Self::Refused { .. } => "refused",
             Self::Open { .. } => "open",
+            Self::Forward { .. } => "forward",
             Self::Incoming { .. } => "incoming",
             Self::Status { .. } => "status",
             Self::List => "list",

@@ -72,6 +72,15 @@ fn message() -> impl Strategy<Value = Message> {
             message
         }),
         (name(), name()).prop_map(|(device, service)| Message::Open { device, service }),
+        (name(), name(), name(), name(), name()).prop_map(
+            |(device, service, principal, caller, origin)| Message::Forward {
+                device,
+                service,
+                principal,
+                caller,
+                origin
+            }
+        ),
         (name(), text(60), text(60)).prop_map(|(service, caller, peer)| Message::Incoming {
             service,
             caller,
@@ -130,7 +139,7 @@ proptest! {
     #[test]
     fn any_bytes_after_a_valid_type_byte_never_panic(
         kind in prop_oneof![Just(0x01u8), Just(0x02), Just(0x03), Just(0x10), Just(0x11),
-                            Just(0x12), Just(0x14), Just(0x16)],
+                            Just(0x12), Just(0x14), Just(0x16), Just(0x18)],
         rest in vec(any::<u8>(), 0..300),
     ) {
         let mut body = vec![kind];

@@ -14,6 +14,8 @@ use super::handshake::Accepted;
 use super::session::{AccessCtx, Ctx, Registered, prepare, send_welcome, serve, start, welcome};
 use super::{Inner, bridge};
 use crate::auth::Identity;
+use crate::error::DialError;
+use crate::protocol::ErrorKind;
 use crate::protocol::{self, Message, STREAM_OPEN_TIMEOUT, StatusCode};
 use crate::stream::Stream;
 
@@ -44,11 +46,12 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
     info!("access session ended");
 }
 
-/// An access client asks for `device`/`service`: authorize, find the device, ask it, and
-/// join the two streams if it accepts. Every outcome is counted and, when refused, emitted.
+/// An access client asks for `device`/`service`: authorize, find the device (here, or on
+/// another relay of the cluster), ask it, and join the two streams if it accepts. Every
+/// outcome is counted and, when refused, emitted.
 pub(super) async fn open(
     relay: &Arc<Inner>,
-    mut stream: Stream,
+    stream: Stream,
     identity: &Identity,
     device: String,
     service: String,
@@ -56,44 +59,103 @@ pub(super) async fn open(
     let span = info_span!("stream", caller = identity.name(), %device, %service);
     async {
         let started = Instant::now();
-        match reach(relay, identity, &device, &service).await {
-            Ok(device_stream) => {
-                reply(&mut stream, StatusCode::Ok, "").await;
-                crate::metrics::stream_result("ok", Some(started.elapsed()));
-                let who = Joined {
-                    caller: identity.name().to_owned(),
-                    device,
-                    service,
-                    peer: None,
-                };
-                bridge::spawn_join(relay, stream, device_stream, who, None, ());
-            }
-            Err((code, message)) => {
-                info!(?code, reason = ?message, "stream refused");
-                reply(&mut stream, code, &message).await;
-                let kind = code.kind().unwrap_or(crate::ErrorKind::Protocol);
-                crate::metrics::stream_result(kind.as_str(), None);
-                relay.tables.emit(Event::StreamRefused {
-                    caller: identity.name().to_owned(),
-                    device,
-                    service,
-                    kind,
-                });
-            }
-        }
+        let reached = reach(relay, identity, &device, &service, true).await;
+        answer(relay, stream, identity.name(), device, service, reached, started).await;
     }
     .instrument(span)
     .await;
 }
 
+/// The fields of a [`Message::Forward`].
+pub(super) struct Forward {
+    pub(super) device: String,
+    pub(super) service: String,
+    pub(super) principal: String,
+    pub(super) caller: String,
+    pub(super) origin: String,
+}
+
+/// A peer relay forwards a stream on behalf of a caller it authenticated: the caller's
+/// live identity is resolved here (a revoked or unknown principal is denied), its own
+/// grants checked, and only a device held by this relay is reached.
+pub(super) async fn forwarded(relay: &Arc<Inner>, stream: Stream, header: Forward) {
+    let Forward {
+        device,
+        service,
+        principal,
+        caller,
+        origin,
+    } = header;
+    let span = info_span!("forwarded", %origin, %caller, %device, %service);
+    async {
+        let started = Instant::now();
+        let reached = match relay.authenticator.resolve(&principal).await {
+            Some(identity) => reach(relay, &identity, &device, &service, false)
+                .await
+                .map(|(s, _)| (s, Some(origin.clone()))),
+            None => Err((
+                StatusCode::Denied,
+                format!("{caller} may not open {device}/{service}: unknown or revoked credential"),
+            )),
+        };
+        answer(relay, stream, &caller, device, service, reached, started).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+/// A device stream (and the other relay of a cross-relay stream), or the refusal.
+type Reached = Result<(Stream, Option<String>), (StatusCode, String)>;
+
+/// Answers the opener and joins the streams, or reports the refusal.
+async fn answer(
+    relay: &Arc<Inner>,
+    mut stream: Stream,
+    caller: &str,
+    device: String,
+    service: String,
+    reached: Reached,
+    started: Instant,
+) {
+    match reached {
+        Ok((device_stream, other_relay)) => {
+            reply(&mut stream, StatusCode::Ok, "").await;
+            crate::metrics::stream_result("ok", Some(started.elapsed()));
+            let who = Joined {
+                caller: caller.to_owned(),
+                device,
+                service,
+                peer: None,
+                relay: other_relay,
+            };
+            bridge::spawn_join(relay, stream, device_stream, who, None, ());
+        }
+        Err((code, message)) => {
+            info!(?code, reason = ?message, "stream refused");
+            reply(&mut stream, code, &message).await;
+            let kind = code.kind().unwrap_or(ErrorKind::Protocol);
+            crate::metrics::stream_result(kind.as_str(), None);
+            relay.tables.emit(Event::StreamRefused {
+                caller: caller.to_owned(),
+                device,
+                service,
+                kind,
+            });
+        }
+    }
+}
+
 /// The checks of an open, in order, and the device's own answer. Grants come first: a
-/// caller must not learn whether a device it may not reach is online.
+/// caller must not learn whether a device it may not reach is online. A device that is
+/// not here is looked for in the cluster when `may_forward` (a stream from an access
+/// client; never one a peer relay forwarded, so a stream crosses at most one hop).
 async fn reach(
     relay: &Inner,
     identity: &Identity,
     device: &str,
     service: &str,
-) -> Result<Stream, (StatusCode, String)> {
+    may_forward: bool,
+) -> Reached {
     if !protocol::is_valid_name(device) || !protocol::is_valid_name(service) {
         let why = "invalid device or service name";
         return Err((StatusCode::BadRequest, why.into()));
@@ -106,6 +168,12 @@ async fn reach(
         return Err((StatusCode::Unavailable, "relay is shutting down".into()));
     }
     let Some(online) = relay.registry.lookup(device) else {
+        if let (Some(cluster), true) = (relay.cluster.as_ref(), may_forward) {
+            return match cluster.open(device, service, identity).await {
+                Ok((stream, other)) => Ok((stream, Some(other))),
+                Err(e) => Err((status_of(&e), e.to_string())),
+            };
+        }
         let why = format!("device {device} is not connected");
         return Err((StatusCode::DeviceOffline, why));
     };
@@ -118,7 +186,21 @@ async fn reach(
         caller: identity.name().to_owned(),
         peer: String::new(),
     };
-    bridge::ask_device(&online.session, &incoming).await
+    bridge::ask_device(&online.session, &incoming)
+        .await
+        .map(|s| (s, None))
+}
+
+/// The answer for a cross-relay open that failed: what the other relay answered, or
+/// `unavailable` when it could not be reached.
+fn status_of(e: &DialError) -> StatusCode {
+    match e.kind() {
+        ErrorKind::Denied => StatusCode::Denied,
+        ErrorKind::DeviceOffline => StatusCode::DeviceOffline,
+        ErrorKind::UnknownService => StatusCode::UnknownService,
+        ErrorKind::TargetRefused => StatusCode::TargetRefused,
+        _ => StatusCode::Unavailable,
+    }
 }
 
 /// The devices the session's identity may reach: those seen since start and those its

@@ -63,6 +63,8 @@ pub(super) struct Joined {
     pub(super) service: String,
     /// A public caller's address.
     pub(super) peer: Option<SocketAddr>,
+    /// The other relay of a cross-relay stream.
+    pub(super) relay: Option<String>,
 }
 
 /// The caller's end of a joined stream: an access client's stream or a public TCP
@@ -102,6 +104,7 @@ pub(super) fn spawn_join<C: CallerEnd, H: Send + 'static>(
         caller: who.caller.clone(),
         device: who.device.clone(),
         service: who.service.clone(),
+        relay: who.relay.clone(),
         since: SystemTime::now(),
         up: 0,
         down: 0,
@@ -112,6 +115,7 @@ pub(super) fn spawn_join<C: CallerEnd, H: Send + 'static>(
         device: who.device.clone(),
         service: who.service.clone(),
         peer: who.peer,
+        relay: who.relay.clone(),
     });
     crate::metrics::stream_opened(who.peer.is_some());
     let tables = relay.tables.clone();

@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use rustls::RootCertStore;
@@ -11,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::cluster::Cluster;
 use super::events::{EventSink, Tables};
 use super::limit::KeyedLimit;
 use super::preauth::PreAuth;
@@ -69,6 +71,7 @@ pub struct RelayBuilder {
     auth_failure_burst: u32,
     auth_failure_refill: Duration,
     events: Option<Arc<dyn EventSink>>,
+    cluster: Option<Arc<dyn Cluster>>,
 }
 
 impl RelayBuilder {
@@ -93,6 +96,7 @@ impl RelayBuilder {
             auth_failure_burst: DEFAULT_AUTH_FAILURE_BURST,
             auth_failure_refill: DEFAULT_AUTH_FAILURE_REFILL,
             events: None,
+            cluster: None,
         }
     }
 
@@ -194,6 +198,14 @@ impl RelayBuilder {
         self.events = Some(Arc::new(sink));
         self
     }
+    /// Makes this relay one of a cluster: device IDs are claimed cluster-wide, streams for
+    /// devices held by other relays cross to them, and sessions of
+    /// [relay peers](crate::Identity::relay_peer) may forward streams here. See
+    /// [`Cluster`] for the rules.
+    pub fn cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
     /// Validates the configuration and builds the relay.
     pub fn build(self) -> Result<Relay, ConfigError> {
         self.limits.validate()?;
@@ -274,6 +286,8 @@ impl RelayBuilder {
                 streams: TaskTracker::new(),
                 connections: TaskTracker::new(),
                 tables: Arc::new(Tables::new(self.events)),
+                cluster: self.cluster,
+                claims: AtomicU64::new(1),
             }),
         })
     }

@@ -12,6 +12,23 @@ use super::session::{Ctx, Registered, prepare, send_welcome, serve, start, welco
 use super::{Inner, public};
 use crate::protocol::RefusalCode;
 
+use super::cluster::{CLAIM_TIMEOUT, ClaimRefused, Cluster, DeviceClaim};
+use std::sync::atomic::Ordering;
+
+/// Releases a cluster claim when the registration ends, however it ends.
+struct ClaimGuard {
+    cluster: Arc<dyn Cluster>,
+    claim: Option<DeviceClaim>,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            tokio::spawn(self.cluster.release(claim));
+        }
+    }
+}
+
 /// Runs a device session until it ends: check the device ID, bind its public ports,
 /// register it, welcome it, then serve its session.
 pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
@@ -32,6 +49,35 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
         let msg = format!("credential may not register as device {device}");
         return refuse(&mut tls, RefusalCode::DeviceIdDenied, &msg).await;
     }
+    // The cluster first: a device ID is held by one session cluster-wide. The guard
+    // releases the claim however this function ends.
+    let _claim = match &relay.cluster {
+        None => None,
+        Some(cluster) => {
+            let claim = DeviceClaim {
+                device: device.clone(),
+                principal: identity.principal().to_owned(),
+                nonce: relay.claims.fetch_add(1, Ordering::Relaxed),
+            };
+            let refused = match tokio::time::timeout(CLAIM_TIMEOUT, cluster.claim(&claim)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(ClaimRefused::Taken(why))) => Some((RefusalCode::DeviceIdTaken, why)),
+                Ok(Err(ClaimRefused::Unavailable(why))) => Some((RefusalCode::Unavailable, why)),
+                Err(_) => Some((
+                    RefusalCode::Unavailable,
+                    "the cluster's store did not answer in time; retry later".to_owned(),
+                )),
+            };
+            if let Some((code, why)) = refused {
+                warn!(identity = identity.name(), device, why, "cluster refused the device id");
+                return refuse(&mut tls, code, &why).await;
+            }
+            Some(ClaimGuard {
+                cluster: cluster.clone(),
+                claim: Some(claim),
+            })
+        }
+    };
     match relay.registry.claim(&device, identity.principal()) {
         Claim::Taken => {
             warn!(

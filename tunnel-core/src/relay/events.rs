@@ -113,6 +113,9 @@ pub enum Event {
         service: String,
         /// A public caller's address.
         peer: Option<SocketAddr>,
+        /// In a cluster, the other relay of a cross-relay stream: the one it was forwarded
+        /// to (on the relay the caller reached) or from (on the relay holding the device).
+        relay: Option<String>,
     },
     /// A stream was refused, by the relay (grants, offline) or by the device.
     StreamRefused {
@@ -184,6 +187,8 @@ pub struct StreamInfo {
     pub device: String,
     /// The service.
     pub service: String,
+    /// The other relay of a cross-relay stream (see [`Event::StreamOpened`]).
+    pub relay: Option<String>,
     /// When it was joined.
     pub since: SystemTime,
     /// Bytes from the caller to the device so far.

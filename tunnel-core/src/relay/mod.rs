@@ -17,6 +17,7 @@
 mod access;
 mod bridge;
 mod builder;
+mod cluster;
 mod device;
 mod events;
 mod handshake;
@@ -33,6 +34,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -47,6 +49,7 @@ use crate::error::RelayError;
 use crate::protocol::Role;
 use crate::tls::{SpkiPin, TlsIdentity};
 pub use builder::RelayBuilder;
+pub use cluster::{CLAIM_TIMEOUT, ClaimRefused, Cluster, DeviceClaim};
 use events::Tables;
 pub use events::{Event, EventSink, SessionInfo, SessionRole, StreamInfo};
 use handshake::source_key;
@@ -112,6 +115,10 @@ struct Inner {
     connections: TaskTracker,
     /// Live sessions and streams, and the event sink.
     tables: Arc<Tables>,
+    /// The cluster this relay belongs to, if any.
+    cluster: Option<Arc<dyn Cluster>>,
+    /// Nonces of cluster claims.
+    claims: AtomicU64,
 }
 
 impl std::fmt::Debug for Relay {
@@ -177,6 +184,21 @@ impl Relay {
         self.inner.registry.release(device)
     }
 
+    /// Closes the session of `device` if it is online here (for a cluster whose device ID
+    /// was taken over by a session on another relay). Returns whether it was.
+    pub fn disconnect_device(&self, device: &str) -> bool {
+        let Some(online) = self.inner.registry.lookup(device) else {
+            return false;
+        };
+        online.session.close();
+        true
+    }
+
+    /// Whether shutdown has begun: no new sessions or streams (a cluster's readiness).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.is_cancelled()
+    }
+
     /// Serves connections from `listener` until `shutdown` completes, then stops accepting,
     /// refuses new streams, lets running streams finish for the grace period and closes
     /// every session. The caller owns the listener (bind `127.0.0.1:0` in tests).
@@ -210,6 +232,16 @@ impl Relay {
         let inner = &self.inner;
         info!(grace = ?inner.grace, streams = inner.streams.len(), "relay shutting down");
         inner.draining.cancel();
+        if inner.cluster.is_some() {
+            // Drain: in a cluster, devices without a running stream go to another relay
+            // now (this one accepts nobody); the others once their streams end.
+            let busy = inner.tables.streams().into_iter().map(|s| s.device).collect();
+            let idle = inner.registry.sessions_except(&busy);
+            info!(devices = idle.len(), "sending idle devices to the other relays");
+            for session in idle {
+                session.close();
+            }
+        }
         inner.streams.close();
         if tokio::time::timeout(inner.grace, inner.streams.wait())
             .await

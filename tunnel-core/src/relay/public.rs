@@ -231,6 +231,7 @@ pub(super) async fn public_accept(
                             device,
                             service: service_name,
                             peer: Some(peer),
+                            relay: None,
                         };
                         let (idle, hold) = (Some(relay.public_idle), (source_slot, slot));
                         bridge::spawn_join(&relay, tcp, device_stream, who, idle, hold);

@@ -216,6 +216,15 @@ impl Registry {
         })
     }
 
+    /// Sessions of the online devices not in `busy`.
+    pub(super) fn sessions_except(&self, busy: &std::collections::HashSet<String>) -> Vec<Session> {
+        lock(&self.online)
+            .iter()
+            .filter(|(d, _)| !busy.contains(*d))
+            .map(|(_, e)| e.session.clone())
+            .collect()
+    }
+
     /// IDs of the devices online now, sorted.
     pub(super) fn online_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = lock(&self.online)

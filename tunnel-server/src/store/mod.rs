@@ -17,8 +17,9 @@
 //!   order (etcd range with a start key; an indexed `key > ?` in SQL), so listing 100 000
 //!   devices never loads them all.
 //!
-//! [`SqliteStore`] is the embedded default.
+//! [`SqliteStore`] is the embedded default; [`EtcdStore`] is the cluster's.
 
+mod etcd;
 mod sqlite;
 
 use std::future::Future;
@@ -27,6 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
+pub use etcd::{DEFAULT_NAMESPACE, EtcdStore, REQUEST_TIMEOUT};
 pub use sqlite::SqliteStore;
 
 /// A boxed future, as the store's methods return.
@@ -124,6 +126,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Extends a lease by its TTL.
     fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Ends a lease now: its keys disappear at once instead of when the TTL runs out (a
+    /// relay that leaves the cluster cleanly). The default lets the TTL run out.
+    fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
+        let _ = lease;
+        Box::pin(async { Ok(()) })
+    }
 
     /// Every change under `prefix` from now on.
     fn watch(&self, prefix: &str) -> Watch;
