@@ -325,3 +325,30 @@ def test_echo_handler_serves_many_concurrent_streams(env: Env) -> None:
 
 
 _ = echo_handler  # re-exported helper used by other modules
+
+
+def test_several_relays_fail_over_to_one_that_answers(env: Env) -> None:
+    # A port with nobody listening stands for a dead relay of a cluster: the dialer tries
+    # the next address in the list instead of failing.
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_addr = f"127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()
+    creds = env.creds(env.alice)
+    creds["relay"] = [dead_addr, env.relay.address]
+
+    async def main() -> None:
+        devices = await tunnel.list_devices(**creds)
+        assert isinstance(devices, list)
+        creds["relay"] = f"{dead_addr},{env.relay.address}"
+        assert isinstance(await tunnel.list_devices(**creds), list)
+
+    run(main())
+
+
+def test_relay_list_rejects_empty_or_malformed_entries(env: Env) -> None:
+    creds = env.creds(env.alice)
+    for bad in ([], ["127.0.0.1:1,127.0.0.1:2"], [""]):
+        creds["relay"] = bad
+        with pytest.raises(ValueError):
+            run(tunnel.list_devices(**creds))

@@ -15,7 +15,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 class _Relay(TypedDict):
-    relay: str
+    relay: Union[str, "Iterable[str]"]
 
 
 class ClientOptions(_Relay, total=False):
@@ -24,7 +24,10 @@ class ClientOptions(_Relay, total=False):
     :class:`BlockingDialer` and :func:`create_connection`. They are the fields of Rust's
     ``ClientConfig``.
 
-    - ``relay`` (required): the relay's ``host:port``.
+    - ``relay`` (required): the relay's ``host:port``; for a cluster, several relays as a
+      list (or comma-separated): each connection tries them in turn, starting with the one
+      that worked last (a random one at first), and a name that resolves to several
+      addresses counts as several.
     - ``pin``: trust the relay by its public-key pin (``sha256:…``, which ``tunnel-relay``
       prints). Give exactly one of ``pin`` and ``ca_file``.
     - ``ca_file``: trust the relay through the CA certificates (PEM) in this file.
@@ -68,8 +71,14 @@ def client_config(options: ClientOptions) -> _native.ClientConfig:
     token = options.get("token")
     if token is None:
         token = os.environ.get("TUNNEL_TOKEN")
+    relay = options["relay"]
+    if not isinstance(relay, str):
+        relays = [str(r) for r in relay]
+        if not relays or any("," in r or not r for r in relays):
+            raise ValueError(f"relay: want host:port addresses, got {relays!r}")
+        relay = ",".join(relays)
     return _native.ClientConfig(
-        options["relay"],
+        relay,
         pin=options.get("pin"),
         ca_file=_path(options.get("ca_file")),
         token=token,

@@ -156,8 +156,8 @@ struct ClusterArgs {
     /// certificate `<relay-id>.crt`/`.key` (issued there at start when ca.key is present).
     #[arg(long, value_name = "DIR")]
     cluster_ca: Option<PathBuf>,
-    /// Where the other relays reach this one, `host:port` (default: --listen, when it is a
-    /// specific address).
+    /// Where the other relays reach this one, `HOST[:PORT]` (default: the address the relay
+    /// listens on, when it is a specific one; the port defaults to the listening port).
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
 }
@@ -344,6 +344,9 @@ async fn run() -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let identity = load_identity(&args.cert)?;
     let identity_for_api = identity.clone();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
     let dir = &args.cert.state_dir;
     let mut plane = match &args.cluster.etcd {
         Some(urls) => {
@@ -364,7 +367,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening the state store in {}", dir.display()))?,
     };
     let cluster = match &args.cluster.etcd {
-        Some(_) => Some(join_cluster(&args, &identity, plane.store().clone())?),
+        Some(_) => Some(join_cluster(
+            &args,
+            listener.local_addr()?,
+            &identity,
+            plane.store().clone(),
+        )?),
         None => None,
     };
     if let Some(path) = &args.tokens {
@@ -440,9 +448,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
     // Machine-readable lines on stdout, for scripts and tests; logs go to stderr.
     println!("listening {}", listener.local_addr()?);
     println!("pin {}", relay.pin());
@@ -502,6 +507,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// and the address it advertises to its peers.
 fn join_cluster(
     args: &ServeArgs,
+    listening: std::net::SocketAddr,
     identity: &TlsIdentity,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<(
@@ -519,17 +525,13 @@ fn join_cluster(
         .relay_identity(ca_dir, &args.relay_id)
         .with_context(|| format!("the certificate of relay {:?} in {}", args.relay_id, ca_dir.display()))?;
     let advertise = match &args.cluster.advertise {
-        Some(a) => a.clone(),
-        None => {
-            let listen: std::net::SocketAddr = args
-                .listen
-                .parse()
-                .context("--listen is not an address; give --advertise HOST:PORT")?;
-            if listen.ip().is_unspecified() {
-                bail!("--listen {listen} is not an address peers can dial; give --advertise HOST:PORT");
-            }
-            listen.to_string()
+        // HOST alone: the port is the one the relay listens on.
+        Some(a) if a.parse::<std::net::SocketAddr>().is_ok() || a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => a.clone(),
+        Some(host) => format!("{host}:{}", listening.port()),
+        None if listening.ip().is_unspecified() => {
+            bail!("--listen {listening} is not an address peers can dial; give --advertise HOST[:PORT]");
         }
+        None => listening.to_string(),
     };
     let config = tunnel_server::cluster::ClusterConfig {
         relay_id: args.relay_id.clone(),
