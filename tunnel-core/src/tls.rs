@@ -396,6 +396,33 @@ impl ServerCertVerifier for PinVerifier {
     }
 }
 
+/// Verifies a client certificate chain (end entity first, DER) against `roots` alone and
+/// returns the DNS names it was issued for. A relay's TLS accepts a client certificate
+/// issued by any of its client roots; an authenticator that trusts only one of them (a
+/// cluster CA, say) calls this to know that its CA issued this one.
+pub fn verify_client_cert(
+    chain: &[Vec<u8>],
+    roots: Arc<RootCertStore>,
+) -> Result<Vec<String>, ConfigError> {
+    let (end, rest) = chain
+        .split_first()
+        .ok_or_else(|| ConfigError::Certificate("no client certificate".into()))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(|e| ConfigError::Certificate(format!("client roots: {e}")))?;
+    let end = CertificateDer::from(end.as_slice());
+    let intermediates: Vec<CertificateDer<'_>> = rest
+        .iter()
+        .map(|c| CertificateDer::from(c.as_slice()))
+        .collect();
+    verifier
+        .verify_client_cert(&end, &intermediates, UnixTime::now())
+        .map_err(|e| ConfigError::Certificate(e.to_string()))?;
+    let cert = webpki::EndEntityCert::try_from(&end)
+        .map_err(|e| ConfigError::Certificate(e.to_string()))?;
+    Ok(cert.valid_dns_names().map(str::to_owned).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,35 +471,4 @@ mod tests {
         let secret_line = pem.lines().nth(1).unwrap();
         assert!(!format!("{id:?}").contains(secret_line));
     }
-}
-
-/// Verifies a client certificate chain (end entity first, DER) against `roots` alone and
-/// returns the DNS names it was issued for. A relay's TLS accepts a client certificate
-/// issued by any of its client roots; an authenticator that trusts only one of them (a
-/// cluster CA, say) calls this to know that its CA issued this one.
-pub fn verify_client_cert(
-    chain: &[Vec<u8>],
-    roots: Arc<RootCertStore>,
-) -> Result<Vec<String>, ConfigError> {
-    let (end, rest) = chain
-        .split_first()
-        .ok_or_else(|| ConfigError::Certificate("no client certificate".into()))?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| ConfigError::Certificate(format!("client roots: {e}")))?;
-    let end = CertificateDer::from(end.as_slice());
-    let intermediates: Vec<CertificateDer<'_>> = rest
-        .iter()
-        .map(|c| CertificateDer::from(c.as_slice()))
-        .collect();
-    verifier
-        .verify_client_cert(
-            &end,
-            &intermediates,
-            UnixTime::now(),
-        )
-        .map_err(|e| ConfigError::Certificate(e.to_string()))?;
-    let cert = webpki::EndEntityCert::try_from(&end)
-        .map_err(|e| ConfigError::Certificate(e.to_string()))?;
-    Ok(cert.valid_dns_names().map(str::to_owned).collect())
 }

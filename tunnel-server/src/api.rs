@@ -28,8 +28,8 @@ use tunnel_core::{AuthThrottle, Relay, Token};
 use utoipa::OpenApi;
 
 use crate::audit::{self, Auditor};
-use crate::credentials::{CredError, CredentialPatch, Credentials, NewCredential};
 use crate::cluster::{Health, RelayCluster};
+use crate::credentials::{CredError, CredentialPatch, Credentials, NewCredential};
 use crate::model::{
     ADMIN, AdminRecord, CredentialView, DEVICE, DeviceRecord, PresenceRecord, RelayRecord, fmt_time,
 };
@@ -352,7 +352,11 @@ async fn readyz(State(s): State<ApiState>) -> Result<String, ApiError> {
         let why = health
             .store_error
             .unwrap_or_else(|| "this relay holds no lease in the cluster's store".into());
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why));
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            why,
+        ));
     }
     if health.peers_failing.is_empty() {
         return Ok("ready".into());
@@ -374,7 +378,10 @@ pub struct ClusterView {
 }
 
 #[utoipa::path(get, path = "/api/v1/cluster", responses((status = 200, body = ClusterView), (status = 404, description = "not a cluster")))]
-async fn cluster_view(_admin: Admin, State(s): State<ApiState>) -> Result<Json<ClusterView>, ApiError> {
+async fn cluster_view(
+    _admin: Admin,
+    State(s): State<ApiState>,
+) -> Result<Json<ClusterView>, ApiError> {
     let cluster = s
         .cluster
         .as_ref()

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tunnel_server::store::Store;
 use clap::{Args, Parser, Subcommand};
 use tunnel_core::{
     Grants, Identity, Pattern, Relay, TlsIdentity, Token, TokenAuthenticator, TokenEntry, TokenFile,
 };
 use tunnel_examples::{init_tracing, shutdown_signal};
+use tunnel_server::store::Store;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -44,7 +44,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay until Ctrl-C / SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage credentials: in the state store (`--state-dir`, live), or in a token file
     /// (`--file`, imported by `serve --tokens`).
     #[command(subcommand)]
@@ -282,7 +282,7 @@ async fn main() -> std::process::ExitCode {
 async fn run() -> anyhow::Result<()> {
     init_tracing();
     match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Token(TokenCommand::New(args)) => {
             if args.store.given() {
                 new_store_token(args).await
@@ -350,10 +350,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let dir = &args.cert.state_dir;
     let mut plane = match &args.cluster.etcd {
         Some(urls) => {
-            let store =
-                tunnel_server::store::EtcdStore::connect(&etcd_endpoints(urls), &args.cluster.etcd_prefix)
-                    .await
-                    .with_context(|| format!("connecting to etcd at {urls}"))?;
+            let store = tunnel_server::store::EtcdStore::connect(
+                &etcd_endpoints(urls),
+                &args.cluster.etcd_prefix,
+            )
+            .await
+            .with_context(|| format!("connecting to etcd at {urls}"))?;
             tunnel_server::ControlPlane::open_with_store(
                 dir,
                 Arc::new(store),
@@ -384,7 +386,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut chain: Vec<Box<dyn tunnel_core::Authenticator>> = Vec::new();
     if let Some((_, peers, _)) = &cluster {
-        chain.push(Box::new(tunnel_server::cluster::ca::PeerAuthenticator::new(peers)?));
+        chain.push(Box::new(
+            tunnel_server::cluster::ca::PeerAuthenticator::new(peers)?,
+        ));
     }
     if args.client_ca.is_some() {
         chain.push(Box::new(tunnel_core::CertAuthenticator::new()));
@@ -443,7 +447,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .await
                 .context("joining the cluster (etcd)")?;
             plane.join(membership.clone());
-            println!("cluster {} advertised at {advertise}", membership.relay_id());
+            println!(
+                "cluster {} advertised at {advertise}",
+                membership.relay_id()
+            );
             Some(membership)
         }
         None => None,
@@ -521,15 +528,27 @@ fn join_cluster(
         .as_ref()
         .context("--etcd needs --cluster-ca DIR")?;
     let ca = tunnel_server::cluster::ca::ClusterCa::load(ca_dir)?;
-    let peer_identity = ca
-        .relay_identity(ca_dir, &args.relay_id)
-        .with_context(|| format!("the certificate of relay {:?} in {}", args.relay_id, ca_dir.display()))?;
+    let peer_identity = ca.relay_identity(ca_dir, &args.relay_id).with_context(|| {
+        format!(
+            "the certificate of relay {:?} in {}",
+            args.relay_id,
+            ca_dir.display()
+        )
+    })?;
     let advertise = match &args.cluster.advertise {
         // HOST alone: the port is the one the relay listens on.
-        Some(a) if a.parse::<std::net::SocketAddr>().is_ok() || a.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) => a.clone(),
+        Some(a)
+            if a.parse::<std::net::SocketAddr>().is_ok()
+                || a.rsplit_once(':')
+                    .is_some_and(|(_, p)| p.parse::<u16>().is_ok()) =>
+        {
+            a.clone()
+        }
         Some(host) => format!("{host}:{}", listening.port()),
         None if listening.ip().is_unspecified() => {
-            bail!("--listen {listening} is not an address peers can dial; give --advertise HOST[:PORT]");
+            bail!(
+                "--listen {listening} is not an address peers can dial; give --advertise HOST[:PORT]"
+            );
         }
         None => listening.to_string(),
     };
@@ -539,7 +558,11 @@ fn join_cluster(
         pin: identity.pin()?,
         peer_identity,
     };
-    Ok((tunnel_server::cluster::RelayCluster::new(config, store), ca, advertise))
+    Ok((
+        tunnel_server::cluster::RelayCluster::new(config, store),
+        ca,
+        advertise,
+    ))
 }
 
 /// The store the arguments name: SQLite in a state directory (created if needed), or etcd.

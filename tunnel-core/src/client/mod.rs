@@ -73,8 +73,8 @@ impl ClientConfig {
             .collect();
         let mut seed = [0u8; 8];
         let _ = getrandom::fill(&mut seed);
-        let start = usize::try_from(u64::from_le_bytes(seed) % relays.len().max(1) as u64)
-            .unwrap_or(0);
+        let start =
+            usize::try_from(u64::from_le_bytes(seed) % relays.len().max(1) as u64).unwrap_or(0);
         Self {
             relay,
             relays,

@@ -60,7 +60,16 @@ pub(super) async fn open(
     async {
         let started = Instant::now();
         let reached = reach(relay, identity, &device, &service, true).await;
-        answer(relay, stream, identity.name(), device, service, reached, started).await;
+        answer(
+            relay,
+            stream,
+            identity.name(),
+            device,
+            service,
+            reached,
+            started,
+        )
+        .await;
     }
     .instrument(span)
     .await;

@@ -69,7 +69,10 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
                 )),
             };
             if let Some((code, why)) = refused {
-                warn!(identity = identity.name(), device, why, "cluster refused the device id");
+                warn!(
+                    identity = identity.name(),
+                    device, why, "cluster refused the device id"
+                );
                 return refuse(&mut tls, code, &why).await;
             }
             Some(ClaimGuard {

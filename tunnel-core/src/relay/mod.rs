@@ -235,9 +235,17 @@ impl Relay {
         if inner.cluster.is_some() {
             // Drain: in a cluster, devices without a running stream go to another relay
             // now (this one accepts nobody); the others once their streams end.
-            let busy = inner.tables.streams().into_iter().map(|s| s.device).collect();
+            let busy = inner
+                .tables
+                .streams()
+                .into_iter()
+                .map(|s| s.device)
+                .collect();
             let idle = inner.registry.sessions_except(&busy);
-            info!(devices = idle.len(), "sending idle devices to the other relays");
+            info!(
+                devices = idle.len(),
+                "sending idle devices to the other relays"
+            );
             for session in idle {
                 session.close();
             }

@@ -47,7 +47,11 @@ impl ClusterCa {
                 .map_err(|e| ConfigError::Certificate(format!("{}: {e}", path.display())))
         };
         let cert_pem = read(CA_CERT)?;
-        let key_pem = dir.join(CA_KEY).exists().then(|| read(CA_KEY)).transpose()?;
+        let key_pem = dir
+            .join(CA_KEY)
+            .exists()
+            .then(|| read(CA_KEY))
+            .transpose()?;
         Ok(Self { cert_pem, key_pem })
     }
 
@@ -59,7 +63,8 @@ impl ClusterCa {
             .as_deref()
             .ok_or_else(|| ConfigError::Certificate("this CA has no key to save".into()))?;
         // A TlsIdentity writes both files privately and atomically.
-        TlsIdentity::from_pem(&self.cert_pem, key)?.save_pem_files(dir.join(CA_CERT), dir.join(CA_KEY))
+        TlsIdentity::from_pem(&self.cert_pem, key)?
+            .save_pem_files(dir.join(CA_CERT), dir.join(CA_KEY))
     }
 
     /// Issues a certificate for relay `relay_id` (its DNS name), for both ends of the
@@ -106,7 +111,9 @@ impl ClusterCa {
             roots.add(cert.map_err(cert_error)?).map_err(cert_error)?;
         }
         if roots.is_empty() {
-            return Err(ConfigError::Certificate("the cluster CA file holds no certificate".into()));
+            return Err(ConfigError::Certificate(
+                "the cluster CA file holds no certificate".into(),
+            ));
         }
         Ok(Arc::new(roots))
     }
@@ -145,7 +152,10 @@ fn ca_params() -> Result<rcgen::CertificateParams, ConfigError> {
 
 /// Where a relay's cluster certificate and key live in a CA directory.
 pub fn relay_files(dir: &Path, relay_id: &str) -> (PathBuf, PathBuf) {
-    (dir.join(format!("{relay_id}.crt")), dir.join(format!("{relay_id}.key")))
+    (
+        dir.join(format!("{relay_id}.crt")),
+        dir.join(format!("{relay_id}.key")),
+    )
 }
 
 /// Authenticates peer relays: a client certificate issued by the cluster CA makes the
@@ -175,8 +185,9 @@ impl Authenticator for PeerAuthenticator {
             if request.device.is_some() {
                 return Err(AuthRejected::new("a relay peer does not register devices"));
             }
-            let names = tunnel_core::verify_client_cert(std::slice::from_ref(der), self.roots.clone())
-                .map_err(|e| AuthRejected::new(format!("not a cluster certificate: {e}")))?;
+            let names =
+                tunnel_core::verify_client_cert(std::slice::from_ref(der), self.roots.clone())
+                    .map_err(|e| AuthRejected::new(format!("not a cluster certificate: {e}")))?;
             let id = names
                 .into_iter()
                 .next()

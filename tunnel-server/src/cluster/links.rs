@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use tracing::{debug, info};
-use tunnel_core::{ClientConfig, DialError, Dialer, ErrorKind, Identity, SpkiPin, Stream, TlsIdentity};
+use tunnel_core::{
+    ClientConfig, DialError, Dialer, ErrorKind, Identity, SpkiPin, Stream, TlsIdentity,
+};
 
 use super::{ClusterConfig, RelayCluster, lock, presence};
 use crate::model::{RELAY, RelayRecord};
@@ -81,7 +83,11 @@ impl Links {
                 )));
             }
         };
-        info!(peer = peer.id, addr = peer.addr, "link to peer relay opened");
+        info!(
+            peer = peer.id,
+            addr = peer.addr,
+            "link to peer relay opened"
+        );
         let link = Link {
             addr: peer.addr.clone(),
             pin: peer.pin.clone(),
@@ -97,7 +103,10 @@ impl Links {
 fn peer_failed(e: &DialError) -> bool {
     matches!(
         e.kind(),
-        ErrorKind::Connect | ErrorKind::ConnectionLost | ErrorKind::Certificate | ErrorKind::AuthFailed
+        ErrorKind::Connect
+            | ErrorKind::ConnectionLost
+            | ErrorKind::Certificate
+            | ErrorKind::AuthFailed
     ) || matches!(e, DialError::Timeout)
 }
 
@@ -165,7 +174,11 @@ impl RelayCluster {
                 }
                 // The device moved meanwhile: look it up once more.
                 Err(DialError::DeviceOffline(why)) => {
-                    debug!(device, relay = relay_id, "device not on its relay any more; looking up again");
+                    debug!(
+                        device,
+                        relay = relay_id,
+                        "device not on its relay any more; looking up again"
+                    );
                     last = Some(DialError::DeviceOffline(why));
                 }
                 Err(e) if peer_failed(&e) => {

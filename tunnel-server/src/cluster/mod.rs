@@ -271,10 +271,14 @@ impl RelayCluster {
             let Some(lease) = lease else {
                 match self.establish().await {
                     Ok(()) => {
-                        info!("cluster store reachable again; lease renewed and devices claimed again");
+                        info!(
+                            "cluster store reachable again; lease renewed and devices claimed again"
+                        );
                         last_ok = tokio::time::Instant::now();
                     }
-                    Err(e) => warn!(error = %e, "cluster store unreachable; new registrations and cross-relay dials are refused"),
+                    Err(e) => {
+                        warn!(error = %e, "cluster store unreachable; new registrations and cross-relay dials are refused")
+                    }
                 }
                 continue;
             };

@@ -103,7 +103,11 @@ impl RelayCluster {
                     if let Some((held, _)) = current
                         && held.relay != self.relay_id()
                     {
-                        info!(device = claim.device, from = held.relay, "device taken over from another relay");
+                        info!(
+                            device = claim.device,
+                            from = held.relay,
+                            "device taken over from another relay"
+                        );
                     }
                     lock(&self.inner.held).insert(
                         claim.device.clone(),
@@ -115,7 +119,10 @@ impl RelayCluster {
                     return Ok(());
                 }
                 Err(StoreError::Conflict { .. }) => {
-                    debug!(device = claim.device, "presence changed meanwhile; reading again");
+                    debug!(
+                        device = claim.device,
+                        "presence changed meanwhile; reading again"
+                    );
                 }
                 Err(StoreError::NoLease(_)) => {
                     *lock(&self.inner.lease) = None;
@@ -193,7 +200,10 @@ impl RelayCluster {
         if let Some(relay) = self.relay()
             && relay.disconnect_device(device)
         {
-            info!(device, why, "device session closed: its ID is held elsewhere now");
+            info!(
+                device,
+                why, "device session closed: its ID is held elsewhere now"
+            );
         }
     }
 

@@ -15,8 +15,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
-    PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
@@ -196,8 +196,11 @@ impl Store for EtcdStore {
                 .map(|(k, v, _)| TxnOp::put(self.full(k), v.clone(), None))
                 .collect();
             let mut kv = self.client.kv_client();
-            let resp = timed("a transaction", kv.txn(Txn::new().when(compares).and_then(ops)))
-                .await?;
+            let resp = timed(
+                "a transaction",
+                kv.txn(Txn::new().when(compares).and_then(ops)),
+            )
+            .await?;
             if resp.succeeded() {
                 Ok(())
             } else {
@@ -365,7 +368,10 @@ impl EtcdStore {
                 match message {
                     Ok(Some(resp)) => {
                         if resp.canceled() {
-                            warn!(reason = resp.cancel_reason(), prefix, "etcd cancelled the watch; reopening");
+                            warn!(
+                                reason = resp.cancel_reason(),
+                                prefix, "etcd cancelled the watch; reopening"
+                            );
                             break;
                         }
                         for event in resp.events() {

@@ -1,0 +1,461 @@
+//! The cluster against a real etcd (one member on loopback, started here): the etcd store
+//! keeps the store's contract, claims race with one winner, a stream crosses exactly one
+//! relay-to-relay hop, a device ID moves between relays with its credential, and only a
+//! relay peer may forward. The fault scenarios (killed relays, lost quorum, partitions,
+//! NAT) run with real processes in `tests/cluster/run.sh`.
+//!
+//! Needs `etcd` on the PATH (Debian's `etcd-server`; `scripts/test.sh` installs it): the
+//! tests fail, loudly, without it rather than pass without running.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tunnel_core::{
+    ClaimRefused, ClientConfig, Cluster, DeviceClaim, DeviceConfig, DialError, Dialer, FirstOf,
+    Grants, Identity, Pattern, Relay, TlsIdentity, Token, TokenAuthenticator,
+};
+use tunnel_server::cluster::ca::{ClusterCa, PeerAuthenticator};
+use tunnel_server::cluster::{ClusterConfig, RelayCluster};
+use tunnel_server::store::{EtcdStore, Expect, Store, StoreError};
+use tunnel_testkit::{
+    Proc, WAIT, echo_exchange, eventually, fresh_dir, spawn_echo_server, start_device, within,
+};
+
+/// A one-member etcd on loopback ports picked by the OS, removed when dropped.
+struct Etcd {
+    _proc: Proc,
+    url: String,
+    _dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Etcd {
+    async fn start(name: &str) -> Self {
+        let bin = which("etcd").unwrap_or_else(|| {
+            panic!("etcd is not installed: apt-get install etcd-server (scripts/test.sh does)")
+        });
+        let dir = fresh_dir(&format!("etcd-{name}"));
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let proc = Proc::spawn(
+            Command::new(bin)
+                .args(["--name", "e1", "--data-dir"])
+                .arg(dir.join("data"))
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("e1={peer_url}")])
+                .stderr(Stdio::null()),
+        );
+        let etcd = Self {
+            _proc: proc,
+            url,
+            _dir: dir,
+        };
+        eventually("etcd answers", WAIT, || async {
+            EtcdStore::connect(&[etcd.url.clone()], "t/").await.is_ok()
+        })
+        .await;
+        etcd
+    }
+
+    async fn store(&self, namespace: &str) -> Arc<dyn Store> {
+        Arc::new(
+            EtcdStore::connect(&[self.url.clone()], namespace)
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+        .map(|d| PathBuf::from(d).join(bin))
+        .find(|p| p.is_file())
+}
+
+#[tokio::test]
+async fn the_etcd_store_keeps_the_stores_contract() {
+    let etcd = Etcd::start("contract").await;
+    let store = etcd.store("contract/").await;
+    // Versions and compare-and-set.
+    assert_eq!(
+        store
+            .put("a/1", b"x".to_vec(), Expect::Absent, None)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(matches!(
+        store.put("a/1", b"y".to_vec(), Expect::Absent, None).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(
+        store
+            .put("a/1", b"y".to_vec(), Expect::Version(1), None)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .put("a/1", b"z".to_vec(), Expect::Any, None)
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(
+        store
+            .put("a/1", b"w".to_vec(), Expect::Version(1), None)
+            .await
+            .is_err()
+    );
+    let got = store.get("a/1").await.unwrap().unwrap();
+    assert_eq!((got.value.as_slice(), got.version), (&b"z"[..], 3));
+    assert!(store.delete("a/1", Expect::Version(2)).await.is_err());
+    assert!(store.delete("a/1", Expect::Version(3)).await.unwrap());
+    assert!(store.get("a/1").await.unwrap().is_none());
+    // Ordered pages under one prefix, and nothing of another namespace.
+    for k in ["d/b", "d/a", "d/c", "e/a", "c/z"] {
+        store.put(k, vec![], Expect::Any, None).await.unwrap();
+    }
+    etcd.store("other/")
+        .await
+        .put("d/0", vec![], Expect::Any, None)
+        .await
+        .unwrap();
+    let page = store.list("d/", None, 2).await.unwrap();
+    let keys: Vec<_> = page.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["d/a", "d/b"]);
+    let page = store.list("d/", Some("d/b"), 2).await.unwrap();
+    let keys: Vec<_> = page.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["d/c"]);
+    // A commit is all or nothing.
+    let conflict = store
+        .commit(vec![
+            ("k/2".into(), vec![2], Expect::Absent),
+            ("d/a".into(), vec![9], Expect::Absent),
+        ])
+        .await;
+    assert!(matches!(conflict, Err(StoreError::Conflict { .. })));
+    assert!(store.get("k/2").await.unwrap().is_none());
+    // Watch: a change under the prefix arrives; an unkept lease takes its key.
+    let mut watch = store.watch("p/");
+    within(
+        "the watch starts (its first message says: re-read)",
+        WAIT,
+        watch.next(),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    let lease = store.grant_lease(Duration::from_secs(1)).await.unwrap();
+    store.put("q/1", vec![1], Expect::Any, None).await.unwrap();
+    store
+        .put("p/1", vec![2], Expect::Any, Some(lease))
+        .await
+        .unwrap();
+    let c = within("the put", WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((c.key.as_str(), c.value), ("p/1", Some(vec![2])));
+    let gone = within("the lease expires", WAIT, watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((gone.key.as_str(), gone.value), ("p/1", None));
+    assert!(matches!(
+        store.keep_alive(lease).await,
+        Err(StoreError::NoLease(_))
+    ));
+}
+
+/// One relay of a test cluster, serving on loopback.
+struct Member {
+    relay: Relay,
+    cluster: RelayCluster,
+    addr: SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Credentials every member knows: `dev` registers `pi`, `other` also registers `pi`
+/// (another principal), `alice` opens `pi/*`.
+struct Creds {
+    dev: Token,
+    other: Token,
+    alice: Token,
+    auth: Arc<TokenAuthenticator>,
+}
+
+fn creds() -> Creds {
+    let (dev, other, alice) = (
+        Token::generate().unwrap(),
+        Token::generate().unwrap(),
+        Token::generate().unwrap(),
+    );
+    let register = Grants::new().register(Pattern::new("pi").unwrap());
+    let mut auth = TokenAuthenticator::new();
+    auth.insert(
+        dev.hash(),
+        Identity::new("dev", register.clone()).with_principal("token:dev"),
+    )
+    .unwrap();
+    auth.insert(
+        other.hash(),
+        Identity::new("other", register).with_principal("token:other"),
+    )
+    .unwrap();
+    let access = Grants::new().access_str("pi/*").unwrap();
+    auth.insert(
+        alice.hash(),
+        Identity::new("alice", access).with_principal("token:alice"),
+    )
+    .unwrap();
+    Creds {
+        dev,
+        other,
+        alice,
+        auth: Arc::new(auth),
+    }
+}
+
+/// Shares one authenticator between relays.
+struct Shared(Arc<TokenAuthenticator>);
+
+impl tunnel_core::Authenticator for Shared {
+    fn authenticate<'a>(
+        &'a self,
+        request: &'a tunnel_core::AuthRequest,
+    ) -> tunnel_core::BoxFuture<'a, Result<Identity, tunnel_core::AuthRejected>> {
+        self.0.authenticate(request)
+    }
+    fn resolve<'a>(&'a self, principal: &'a str) -> tunnel_core::BoxFuture<'a, Option<Identity>> {
+        self.0.resolve(principal)
+    }
+}
+
+async fn member(
+    id: &str,
+    etcd: &Etcd,
+    namespace: &str,
+    ca: &ClusterCa,
+    public: &TlsIdentity,
+    creds: &Creds,
+) -> Member {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = ClusterConfig {
+        relay_id: id.into(),
+        advertise: addr.to_string(),
+        pin: public.pin().unwrap(),
+        peer_identity: ca.issue(id).unwrap(),
+    };
+    let cluster = RelayCluster::new(config, etcd.store(namespace).await);
+    let auth = FirstOf::new(vec![
+        Box::new(PeerAuthenticator::new(ca).unwrap()),
+        Box::new(Shared(creds.auth.clone())),
+    ]);
+    let relay = Relay::builder(public.clone(), auth)
+        .client_roots(ca.roots_with(None).unwrap())
+        .cluster(cluster.hook())
+        .heartbeat_interval(Duration::from_millis(500))
+        .grace_period(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    cluster.start(relay.clone()).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = relay.clone();
+    tokio::spawn(async move {
+        let _ = serving
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Member {
+        relay,
+        cluster,
+        addr,
+        _stop: stop,
+    }
+}
+
+async fn two_relays(name: &str) -> (Etcd, Member, Member, Creds, TlsIdentity, ClusterCa) {
+    let etcd = Etcd::start(name).await;
+    let ca = ClusterCa::generate().unwrap();
+    let public = TlsIdentity::generate_self_signed(&["localhost"]).unwrap();
+    let creds = creds();
+    let ns = format!("{name}/");
+    let r1 = member("r1", &etcd, &ns, &ca, &public, &creds).await;
+    let r2 = member("r2", &etcd, &ns, &ca, &public, &creds).await;
+    (etcd, r1, r2, creds, public, ca)
+}
+
+fn client(m: &Member, public: &TlsIdentity, token: &Token) -> ClientConfig {
+    ClientConfig::new(m.addr.to_string(), public.pin().unwrap()).token(token.clone())
+}
+
+#[tokio::test]
+async fn a_stream_to_a_device_on_another_relay_crosses_one_hop() {
+    let (_etcd, r1, r2, creds, public, _ca) = two_relays("hop").await;
+    let echo = spawn_echo_server().await;
+    let _device = start_device(client(&r1, &public, &creds.dev), "pi", &[("echo", echo)]).await;
+    let dialer = Dialer::connect(client(&r2, &public, &creds.alice))
+        .await
+        .unwrap();
+    let stream = within("cross-relay dial", WAIT, dialer.dial("pi", "echo"))
+        .await
+        .expect("the device on r1 is reached through r2");
+    // Both relays list the stream, each naming the other relay.
+    let on_r2 = r2.relay.streams();
+    let on_r1 = r1.relay.streams();
+    assert_eq!(on_r2.len(), 1);
+    assert_eq!(on_r2[0].relay.as_deref(), Some("r1"));
+    assert_eq!(on_r1[0].relay.as_deref(), Some("r2"));
+    assert_eq!(
+        on_r1[0].caller, "alice",
+        "the device sees the caller, not the relay"
+    );
+    let data = vec![7u8; 256 * 1024];
+    assert_eq!(echo_exchange(stream, &data).await, data);
+    // Grants are the caller's own, checked by the relay that holds the device too.
+    let err = dialer.dial("pi", "nope").await.unwrap_err();
+    assert!(matches!(err, DialError::UnknownService(_)), "{err}");
+    let err = dialer.dial("other-device", "echo").await.unwrap_err();
+    assert!(matches!(err, DialError::Denied(_)), "{err}");
+    // An offline device is offline everywhere.
+    drop(_device);
+    eventually("the device is gone from the cluster", WAIT, || async {
+        r2.cluster.presence("pi").await.unwrap().is_none()
+    })
+    .await;
+    let err = dialer.dial("pi", "echo").await.unwrap_err();
+    assert!(matches!(err, DialError::DeviceOffline(_)), "{err}");
+}
+
+#[tokio::test]
+async fn only_a_relay_peer_may_forward_and_a_forwarded_stream_never_hops_again() {
+    let (_etcd, r1, r2, creds, public, ca) = two_relays("forward").await;
+    let echo = spawn_echo_server().await;
+    let _device = start_device(client(&r1, &public, &creds.dev), "pi", &[("echo", echo)]).await;
+    let alice = Identity::new("alice", Grants::new()).with_principal("token:alice");
+    // An access client that writes a relay's forward header is refused.
+    let dialer = Dialer::connect(client(&r1, &public, &creds.alice))
+        .await
+        .unwrap();
+    let err = dialer
+        .forward("pi", "echo", &alice, "r9")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DialError::Protocol(_)), "{err}");
+    // A peer (r1's cluster certificate) forwarding to r2, which does not hold `pi`, gets
+    // `offline`: r2 does not send it on to r1.
+    let peer = ClientConfig::new(r2.addr.to_string(), public.pin().unwrap())
+        .client_cert(ca.issue("r1").unwrap());
+    let link = Dialer::connect(peer).await.unwrap();
+    let err = link.forward("pi", "echo", &alice, "r1").await.unwrap_err();
+    assert!(matches!(err, DialError::DeviceOffline(_)), "{err}");
+    // On r1, which holds it, the same forward works, with alice's own grants...
+    let peer = ClientConfig::new(r1.addr.to_string(), public.pin().unwrap())
+        .client_cert(ca.issue("r2").unwrap());
+    let link = Dialer::connect(peer).await.unwrap();
+    let stream = link.forward("pi", "echo", &alice, "r2").await.unwrap();
+    assert_eq!(echo_exchange(stream, b"hop").await, b"hop");
+    // ...and a principal nobody knows is denied.
+    let ghost = Identity::new("ghost", Grants::new()).with_principal("token:ghost");
+    let err = link.forward("pi", "echo", &ghost, "r2").await.unwrap_err();
+    assert!(matches!(err, DialError::Denied(_)), "{err}");
+    // A certificate from another CA is no peer: it authenticates as nobody.
+    let stranger = ClusterCa::generate().unwrap().issue("r2").unwrap();
+    let peer = ClientConfig::new(r1.addr.to_string(), public.pin().unwrap()).client_cert(stranger);
+    assert!(Dialer::connect(peer).await.is_err());
+}
+
+#[tokio::test]
+async fn claims_for_one_device_id_race_to_exactly_one_winner() {
+    let (_etcd, r1, r2, _creds, _public, _ca) = two_relays("race").await;
+    for round in 0..20u64 {
+        let device = format!("race-{round}");
+        let a = DeviceClaim {
+            device: device.clone(),
+            principal: "token:a".into(),
+            nonce: round,
+        };
+        let b = DeviceClaim {
+            device: device.clone(),
+            principal: "token:b".into(),
+            nonce: round,
+        };
+        let (ra, rb) = tokio::join!(r1.cluster.claim(&a), r2.cluster.claim(&b));
+        let winners = [ra.is_ok(), rb.is_ok()].iter().filter(|w| **w).count();
+        assert_eq!(winners, 1, "round {round}: {ra:?} {rb:?}");
+        let loser = if ra.is_ok() { &rb } else { &ra };
+        assert!(matches!(loser, Err(ClaimRefused::Taken(_))), "{loser:?}");
+        let holder = r1.cluster.presence(&device).await.unwrap().unwrap();
+        let (relay, principal) = if ra.is_ok() {
+            ("r1", "token:a")
+        } else {
+            ("r2", "token:b")
+        };
+        assert_eq!(
+            (holder.relay.as_str(), holder.principal.as_str()),
+            (relay, principal)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_device_that_reconnects_to_another_relay_takes_its_id_along() {
+    let (_etcd, r1, r2, creds, public, _ca) = two_relays("takeover").await;
+    let echo = spawn_echo_server().await;
+    let _first = start_device(client(&r1, &public, &creds.dev), "pi", &[("echo", echo)]).await;
+    assert_eq!(r1.relay.online_devices(), ["pi"]);
+    // The same credential on r2 (a device whose relay seems gone): r2 takes the ID, and
+    // r1 closes its session on seeing the presence change.
+    let config = DeviceConfig::new(client(&r2, &public, &creds.dev), "pi").service("echo");
+    let second = tunnel_core::Listener::bind(config)
+        .await
+        .expect("same credential takes over");
+    drop(_first); // the first agent would reconnect and flap; stop it
+    eventually("r1 lets go of pi", WAIT, || async {
+        r1.relay.online_devices().is_empty()
+    })
+    .await;
+    assert_eq!(r2.relay.online_devices(), ["pi"]);
+    assert_eq!(
+        r1.cluster.presence("pi").await.unwrap().unwrap().relay,
+        "r2"
+    );
+    // Another credential is refused while r2 holds it (and keeps retrying).
+    let config = DeviceConfig::new(client(&r1, &public, &creds.other), "pi").service("echo");
+    let third = tunnel_core::Listener::bind(config).await.unwrap();
+    match third.state() {
+        tunnel_core::ListenerState::Reconnecting { last_error } => {
+            assert!(
+                last_error.contains("in use by another credential"),
+                "{last_error}"
+            )
+        }
+        other => panic!("another credential registered pi: {other:?}"),
+    }
+    assert_eq!(r2.relay.online_devices(), ["pi"]);
+    drop((second, third));
+}
