@@ -67,7 +67,9 @@ impl Etcd {
             _dir: dir,
         };
         eventually("etcd answers", WAIT, || async {
-            EtcdStore::connect(&[etcd.url.clone()], "t/").await.is_ok()
+            EtcdStore::connect(std::slice::from_ref(&etcd.url), "t/")
+                .await
+                .is_ok()
         })
         .await;
         etcd
@@ -75,7 +77,7 @@ impl Etcd {
 
     async fn store(&self, namespace: &str) -> Arc<dyn Store> {
         Arc::new(
-            EtcdStore::connect(&[self.url.clone()], namespace)
+            EtcdStore::connect(std::slice::from_ref(&self.url), namespace)
                 .await
                 .unwrap(),
         )
