@@ -22,6 +22,9 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 fi
 
+# The relay's etcd client (tunnel-server) is generated from .proto files at build time.
+scripts/ensure-protoc.sh
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

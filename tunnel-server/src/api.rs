@@ -386,10 +386,17 @@ async fn cluster_view(
         .cluster
         .as_ref()
         .ok_or_else(|| ApiError::not_found("this relay is not part of a cluster"))?;
+    let mut relays = cluster.relays().await?;
+    // Records are refreshed every few seconds; this relay's own counts are live.
+    if let Some(me) = relays.iter_mut().find(|r| r.id == cluster.relay_id()) {
+        let sessions = s.relay.sessions();
+        me.devices = sessions.iter().filter(|x| x.device.is_some()).count() as u64;
+        me.access = sessions.len() as u64 - me.devices;
+    }
     Ok(Json(ClusterView {
         relay: cluster.relay_id().to_owned(),
         health: cluster.health(),
-        relays: cluster.relays().await?,
+        relays,
     }))
 }
 
