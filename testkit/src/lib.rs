@@ -7,6 +7,7 @@
 //! - [`Payload`], [`sink_exchange`], [`request_reply`], …: deterministic payloads and exchanges
 //!   that check every byte.
 //! - [`within`], [`eventually`]: bounded waits.
+//! - [`Etcd`]: a real one-member etcd on loopback, for the cluster's tests and benches.
 //! - [`FreezableProxy`]: a TCP proxy that can be frozen to simulate a silent partition.
 //! - [`Bins`], [`cargo_bins!`](crate::cargo_bins), [`Proc`]: the example binaries as child
 //!   processes (tokens, `key value` output lines, a kill-on-drop guard), and [`rss_kib`] and
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 mod device;
+mod etcd;
 mod http;
 mod payload;
 mod process;
@@ -30,6 +32,7 @@ use std::time::Duration;
 pub use device::{
     TestDevice, connect_dialer, dial, start_device, start_public_device, targets, try_start_device,
 };
+pub use etcd::{Etcd, which};
 pub use http::{HttpReply, http};
 pub use payload::{
     Payload, echo_exchange, expect_read_error, read_digest, request_reply, sink_exchange,

@@ -8,8 +8,6 @@
 //! tests fail, loudly, without it rather than pass without running.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,81 +20,18 @@ use tunnel_server::cluster::ca::{ClusterCa, PeerAuthenticator};
 use tunnel_server::cluster::{ClusterConfig, RelayCluster};
 use tunnel_server::store::{EtcdStore, Expect, Store, StoreError};
 use tunnel_testkit::{
-    Proc, WAIT, echo_exchange, eventually, fresh_dir, spawn_echo_server, start_device, within,
+    Etcd, WAIT, echo_exchange, eventually, spawn_echo_server, start_device, within,
 };
 
-/// A one-member etcd on loopback ports picked by the OS, removed when dropped.
-struct Etcd {
-    _proc: Proc,
-    url: String,
-    _dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-impl Etcd {
-    async fn start(name: &str) -> Self {
-        let bin = which("etcd").unwrap_or_else(|| {
-            panic!("etcd is not installed: apt-get install etcd-server (scripts/test.sh does)")
-        });
-        let dir = fresh_dir(&format!("etcd-{name}"));
-        let (client, peer) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let proc = Proc::spawn(
-            Command::new(bin)
-                .args(["--name", "e1", "--data-dir"])
-                .arg(dir.join("data"))
-                .args([
-                    "--listen-client-urls",
-                    &url,
-                    "--advertise-client-urls",
-                    &url,
-                ])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("e1={peer_url}")])
-                .stderr(Stdio::null()),
-        );
-        let etcd = Self {
-            _proc: proc,
-            url,
-            _dir: dir,
-        };
-        eventually("etcd answers", WAIT, || async {
-            EtcdStore::connect(std::slice::from_ref(&etcd.url), "t/")
-                .await
-                .is_ok()
-        })
-        .await;
-        etcd
-    }
-
-    async fn store(&self, namespace: &str) -> Arc<dyn Store> {
-        Arc::new(
-            EtcdStore::connect(std::slice::from_ref(&self.url), namespace)
-                .await
-                .unwrap(),
-        )
-    }
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin"])
-        .map(|d| PathBuf::from(d).join(bin))
-        .find(|p| p.is_file())
+async fn etcd_store(etcd: &Etcd, namespace: &str) -> Arc<dyn Store> {
+    let url = std::slice::from_ref(&etcd.url);
+    Arc::new(EtcdStore::connect(url, namespace).await.unwrap())
 }
 
 #[tokio::test]
 async fn the_etcd_store_keeps_the_stores_contract() {
     let etcd = Etcd::start("contract").await;
-    let store = etcd.store("contract/").await;
+    let store = etcd_store(&etcd, "contract/").await;
     // Versions and compare-and-set.
     assert_eq!(
         store
@@ -138,7 +73,7 @@ async fn the_etcd_store_keeps_the_stores_contract() {
     for k in ["d/b", "d/a", "d/c", "e/a", "c/z"] {
         store.put(k, vec![], Expect::Any, None).await.unwrap();
     }
-    etcd.store("other/")
+    etcd_store(&etcd, "other/")
         .await
         .put("d/0", vec![], Expect::Any, None)
         .await
@@ -270,7 +205,7 @@ async fn member(
         pin: public.pin().unwrap(),
         peer_identity: ca.issue(id).unwrap(),
     };
-    let cluster = RelayCluster::new(config, etcd.store(namespace).await);
+    let cluster = RelayCluster::new(config, etcd_store(etcd, namespace).await);
     let auth = FirstOf::new(vec![
         Box::new(PeerAuthenticator::new(ca).unwrap()),
         Box::new(Shared(creds.auth.clone())),
