@@ -64,8 +64,15 @@ impl Cluster {
                 .args(args)
                 .output()
                 .expect("tunnel-relay");
-            assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-            String::from_utf8(out.stdout).expect("utf-8").trim().to_owned()
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout)
+                .expect("utf-8")
+                .trim()
+                .to_owned()
         };
         let ca = dir.join("ca");
         let shared = dir.join("shared");
@@ -191,10 +198,16 @@ async fn hop(servers: &Servers) {
     let reps: usize = env_or("BENCH_REPS", 5);
     let (mut a, mut b, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     // Warm-up: opens the relay-to-relay link.
-    transfer(&target(&cross, "sink"), 1, 16 << 20).await.expect("warm-up");
+    transfer(&target(&cross, "sink"), 1, 16 << 20)
+        .await
+        .expect("warm-up");
     for _ in 0..reps {
-        let t_same = transfer(&target(&same, "sink"), 1, mib << 20).await.expect("same");
-        let t_cross = transfer(&target(&cross, "sink"), 1, mib << 20).await.expect("cross");
+        let t_same = transfer(&target(&same, "sink"), 1, mib << 20)
+            .await
+            .expect("same");
+        let t_cross = transfer(&target(&cross, "sink"), 1, mib << 20)
+            .await
+            .expect("cross");
         let (ms, mc) = (
             mib as f64 / t_same.as_secs_f64(),
             mib as f64 / t_cross.as_secs_f64(),
@@ -265,7 +278,12 @@ async fn fleet(n: usize) {
         "three relays up, {n} credentials imported into etcd in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let base: Vec<u64> = cluster.relays.iter().flatten().map(|p| rss_kib(p.pid())).collect();
+    let base: Vec<u64> = cluster
+        .relays
+        .iter()
+        .flatten()
+        .map(|p| rss_kib(p.pid()))
+        .collect();
     // Registration: every device knows the three relays and starts on a random one.
     let gate = Arc::new(Semaphore::new(CONCURRENT_REGISTRATIONS));
     let start = Instant::now();
@@ -329,7 +347,9 @@ async fn fleet(n: usize) {
         (w1 - w0) / rest.as_secs_f64()
     );
     // Failover: kill the relay with the most devices.
-    let victim = (0..counts.len()).max_by_key(|i| counts[*i]).expect("a relay");
+    let victim = (0..counts.len())
+        .max_by_key(|i| counts[*i])
+        .expect("a relay");
     let moving = counts[victim];
     let (w0, r0) = (cluster.etcd_writes().await, cluster.etcd_requests().await);
     let killed = Instant::now();
@@ -342,7 +362,9 @@ async fn fleet(n: usize) {
     for _ in 0..(limit.as_millis() / 100) {
         let back = listeners
             .iter()
-            .filter(|l| matches!(l.state(), ListenerState::Connected { relay, .. } if relay != dead))
+            .filter(
+                |l| matches!(l.state(), ListenerState::Connected { relay, .. } if relay != dead),
+            )
             .count();
         if back == n {
             all_back = Some(killed.elapsed());
@@ -358,7 +380,10 @@ async fn fleet(n: usize) {
             victim + 1,
             t.as_secs_f64()
         ),
-        None => println!("relay r{} killed: NOT all devices back within {limit:?}", victim + 1),
+        None => println!(
+            "relay r{} killed: NOT all devices back within {limit:?}",
+            victim + 1
+        ),
     }
     println!(
         "etcd during the failover: {:.0} requests/s, {:.0} writes/s ({:.1} writes per moved device)",

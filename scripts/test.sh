@@ -12,6 +12,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   missing=()
   for need in nft:nftables conntrack:conntrack sshd:openssh-server ssh:openssh-client \
               curl:curl ip:iproute2 tc:iproute2 xxd:xxd \
+              etcd:etcd-server etcdctl:etcd-client \
               promtool:prometheus; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need##*:}")
   done
@@ -51,6 +52,9 @@ cargo bench --workspace --no-run --quiet
 
 echo "== network faults in namespaces (real NAT, ssh, curl; skipped without root/netns)"
 tests/netns/run.sh target/debug
+
+echo "== relay cluster in namespaces (etcd, three relays; skipped without root/netns/etcd)"
+tests/cluster/run.sh target/debug
 
 echo "== fuzz targets (stable toolchain, 10 s each)"
 fuzz/run.sh 10

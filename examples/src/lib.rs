@@ -59,8 +59,10 @@ pub async fn shutdown_signal() {
 /// How to reach the relay and which credential to present.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Relay address, HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Relay address, HOST:PORT; for a cluster, several comma-separated (tried in turn,
+    /// starting with the one that worked last; a name with several addresses counts as
+    /// several).
+    #[arg(long, value_name = "HOST:PORT[,…]")]
     pub relay: String,
     /// The relay's public-key pin, as printed by tunnel-relay (sha256:<hex>).
     #[arg(

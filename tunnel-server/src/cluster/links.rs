@@ -23,6 +23,10 @@ pub const PEER_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const PEER_OPEN_TIMEOUT: Duration = Duration::from_secs(8);
 /// Lookups of a device's relay per dial: the second after the device moved meanwhile.
 const LOOKUPS: usize = 2;
+/// Links kept to each peer, opened one by one as dials need them and used in turn: each
+/// is one TLS session with one driver task and the peer's per-session stream cap, so
+/// several spread the encryption over cores and carry more concurrent streams.
+pub const LINKS_PER_PEER: usize = 4;
 
 /// A link to one peer, and the record it was opened for.
 struct Link {
@@ -34,7 +38,8 @@ struct Link {
 /// The links of one relay.
 pub(super) struct Links {
     identity: TlsIdentity,
-    links: Mutex<HashMap<String, Link>>,
+    /// Per peer, up to [`LINKS_PER_PEER`] links, and the turn of the next dial.
+    links: Mutex<HashMap<String, (Vec<Link>, usize)>>,
     /// Peers whose last link attempt or open failed, with why.
     failing: Mutex<HashMap<String, String>>,
 }
@@ -60,13 +65,18 @@ impl Links {
         lock(&self.links).remove(relay);
     }
 
-    /// The link to `peer`, opened now if there is none for its current record.
+    /// A link to `peer` for the next dial: the links in turn, a new one opened while
+    /// there are fewer than [`LINKS_PER_PEER`] for its current record.
     async fn link(&self, peer: &RelayRecord) -> Result<Dialer, DialError> {
-        if let Some(l) = lock(&self.links).get(&peer.id)
-            && l.addr == peer.addr
-            && l.pin == peer.pin
         {
-            return Ok(l.dialer.clone());
+            let mut links = lock(&self.links);
+            let (pool, turn) = links.entry(peer.id.clone()).or_default();
+            // A peer that restarted elsewhere (new address or key): its old links go.
+            pool.retain(|l| l.addr == peer.addr && l.pin == peer.pin);
+            *turn = turn.wrapping_add(1);
+            if pool.len() >= LINKS_PER_PEER {
+                return Ok(pool[*turn % pool.len()].dialer.clone());
+            }
         }
         let pin: SpkiPin = peer
             .pin
@@ -83,17 +93,21 @@ impl Links {
                 )));
             }
         };
-        info!(
-            peer = peer.id,
-            addr = peer.addr,
-            "link to peer relay opened"
-        );
-        let link = Link {
-            addr: peer.addr.clone(),
-            pin: peer.pin.clone(),
-            dialer: dialer.clone(),
-        };
-        lock(&self.links).insert(peer.id.clone(), link);
+        let mut links = lock(&self.links);
+        let (pool, _) = links.entry(peer.id.clone()).or_default();
+        if pool.len() < LINKS_PER_PEER {
+            info!(
+                peer = peer.id,
+                addr = peer.addr,
+                n = pool.len() + 1,
+                "link to peer relay opened"
+            );
+            pool.push(Link {
+                addr: peer.addr.clone(),
+                pin: peer.pin.clone(),
+                dialer: dialer.clone(),
+            });
+        }
         Ok(dialer)
     }
 }
@@ -170,6 +184,8 @@ impl RelayCluster {
             match opened.await {
                 Ok(stream) => {
                     lock(&links.failing).remove(&relay_id);
+                    metrics::counter!("tunnel_cluster_forwarded_total", "result" => "ok")
+                        .increment(1);
                     return Ok((stream, relay_id));
                 }
                 // The device moved meanwhile: look it up once more.
@@ -182,6 +198,7 @@ impl RelayCluster {
                     last = Some(DialError::DeviceOffline(why));
                 }
                 Err(e) if peer_failed(&e) => {
+                    metrics::counter!("tunnel_cluster_forwarded_total", "result" => "peer_unreachable").increment(1);
                     links.forget(&relay_id);
                     lock(&links.failing).insert(relay_id.clone(), e.to_string());
                     return Err(unreachable(e.to_string()));

@@ -20,7 +20,7 @@
 
 pub mod ca;
 mod links;
-pub use links::{PEER_CONNECT_TIMEOUT, PEER_OPEN_TIMEOUT};
+pub use links::{LINKS_PER_PEER, PEER_CONNECT_TIMEOUT, PEER_OPEN_TIMEOUT};
 mod presence;
 
 use std::collections::HashMap;
@@ -201,6 +201,8 @@ impl RelayCluster {
         h.store = result.is_ok();
         h.store_error = result.err().map(ToString::to_string);
         h.lease = lock(&self.inner.lease).is_some();
+        metrics::gauge!("tunnel_cluster_store_up").set(f64::from(u8::from(h.store)));
+        metrics::gauge!("tunnel_cluster_lease_held").set(f64::from(u8::from(h.lease)));
     }
 
     /// Takes a new lease, publishes this relay under it and claims again every device it
