@@ -257,7 +257,7 @@ fn hop_tokens(dir: &std::path::Path) -> Vec<Token> {
             },
         ],
     };
-    file.save(&dir.join("tokens.toml")).expect("tokens");
+    file.save(dir.join("tokens.toml")).expect("tokens");
     vec![device, user]
 }
 

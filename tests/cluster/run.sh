@@ -78,9 +78,12 @@ spawn() { local ns=$1 log=$2; shift 2; NO_COLOR=1 ip netns exec "$ns" "$@" >>"$l
 stop_pid() { kill "$1" 2>/dev/null; for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done; kill -9 "$1" 2>/dev/null; }
 
 cleanup() {
+  disown -a 2>/dev/null   # no "Killed" job notices
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null; done
   sleep 0.3
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
+  # and whatever still runs in the namespaces this script made (a pipeline's inner commands)
+  for ns in "${ALL_NS[@]}"; do for p in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done; done
   for ns in "${ALL_NS[@]}"; do ip netns del "$ns" 2>/dev/null; done
   rm -f "$WORK/www/big.bin" "$WORK/www/mid.bin"
   if [ "${KEEP_LOGS:-0}" = 1 ]; then echo "logs kept in $WORK"; else rm -rf "$WORK"; fi
@@ -274,7 +277,8 @@ RACE_A=$(relay_cli token new --name race-a --device race)
 RACE_B=$(relay_cli token new --name race-b --device race)
 ALICE=$(relay_cli token new --name alice --access 'dev1/*')
 BOB=$(relay_cli token new --name bob --access '*/*')
-for t in ADMIN DEV1_TOKEN DEV2_TOKEN DEV3_TOKEN RACE_A RACE_B ALICE BOB; do
+FLEET=$(relay_cli token new --name fleet --device 'new-*')
+for t in ADMIN DEV1_TOKEN DEV2_TOKEN DEV3_TOKEN RACE_A RACE_B ALICE BOB FLEET; do
   [ -n "${!t}" ] || { bad "creating credential $t in etcd failed: $(tail -2 "$WORK/cli.log")"; exit 1; }
 done
 
@@ -316,6 +320,8 @@ agent() {
     --relay "$relays" --pin "$PIN" --device-id "$device" \
     --expose ssh=127.0.0.1:2222 --expose web=10.202.2.2:8000
 }
+# agent_relay NAME: the relay (r1-r3) the agent NAME registered with last
+agent_relay() { grep 'registered with the relay' "$WORK/agent-$1.log" | tail -1 | sed -n 's/.*relay="10\.202\.1\.\([0-9]\):7835".*/r\1/p'; }
 registered() { [ "$(count_after "$WORK/agent-$1.log" 'registered with the relay' "$2")" -ge "${3:-1}" ]; }
 # get_via RELAY DEVICE [TOKEN]: one stream from the laptop through RELAY to DEVICE's web
 # service (GET /index.txt); prints the answer or the access client's error.
@@ -337,6 +343,9 @@ T0=$(now)
 agent dev1 "$DEV1_TOKEN" dev1 "${R[1]}"; AG1=$LAST_PID
 wait_for 30 registered dev1 "$T0" || bad "dev1 did not register on r1: $(tail -3 "$WORK/agent-dev1.log")"
 wait_for 10 on_relay dev1 r1 && ok "dev1 registered on r1; its presence in etcd names r1" || bad "presence of dev1: '$(presence_of dev1)'"
+devices=$(api 2 GET /api/v1/devices | head -1)
+echo "$devices" | "$PY" -c 'import json,sys; d=[i for i in json.load(sys.stdin)["items"] if i["id"]=="dev1"]; sys.exit(0 if d and d[0]["online"] and d[0]["relay"]=="r1" else 1)' 2>/dev/null \
+  && ok "the admin API of r2 lists dev1 online on r1 (one view of the whole cluster)" || bad "GET /api/v1/devices on r2: $(echo "$devices" | cut -c1-300)"
 out=$(inns "$LAP" ssh -F /dev/null -i "$WORK/id" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
   -o ConnectTimeout=20 -o ProxyCommand="env TUNNEL_TOKEN=$BOB $BIN/tunnel-access --relay ${R[3]} --pin $PIN --device dev1 --service ssh --stdio" \
   root@dev1 cat "$WORK/marker" 2>"$WORK/ssh.err")
@@ -379,7 +388,7 @@ access alice3 "$ALICE" "${R[3]}" dev1 ssh 18103
 HOLDERS=()
 for i in 1 3; do
   rm -f "$WORK/held$i"
-  inns "$LAP" "$PY" "$WORK/holder.py" "1810$i" "$WORK/held$i" >"$WORK/holder$i.out" 2>&1 &
+  ip netns exec "$LAP" "$PY" "$WORK/holder.py" "1810$i" "$WORK/held$i" >"$WORK/holder$i.out" 2>&1 &
   HOLDERS+=("$!"); PIDS+=("$!")
 done
 wait_for 20 test -f "$WORK/held1" && wait_for 20 test -f "$WORK/held3" \
@@ -448,3 +457,232 @@ measure "relay-kill: dev1 back on $where $(secs "${TR:-0}" "$T0") s after kill -
 T0=$(now)
 relay_up "$K" && wait_for 15 ready "$K" && wait_for 10 relay_key "$K" \
   && ok "r$K restarted with the same flags and rejoined ($(secs "$(now)" "$T0") s)" || bad "r$K did not come back: $(tail -3 "$WORK/r$K.log")"
+
+# ---------------------------------------------------------------------------- 4. one member down
+echo "== 4. one etcd member (the leader) killed: no visible effect"
+L=$(etcd_leader) || L=1
+T0=$(now)
+kill -9 "${EPID[$L]}"; wait "${EPID[$L]}" 2>/dev/null
+wait_for 10 has_leader && TL=$(now) || TL=""
+[ -n "$TL" ] || bad "no new etcd leader after e$L was killed"
+# From here on the cluster has a leader and quorum: nothing may show. Each check is
+# repeated (a single request can be lucky), spread over several seconds.
+T1=$(now)
+agent dev2 "$DEV2_TOKEN" dev2 "${R[1]}"; AG2=$LAST_PID
+NEW_PIDS=()
+for j in 1 2 3 4 5 6; do agent "new-$j" "$FLEET" "new-$j" "${R[$(( j % 3 + 1 ))]}"; NEW_PIDS+=("$LAST_PID"); done
+wait_for 20 registered dev2 "$T1" && TD=$(log_time "$WORK/agent-dev2.log" 'registered with the relay' "$T1") || TD=""
+all_new() { local j; for j in 1 2 3 4 5 6; do registered "new-$j" "$T1" || return 1; done; }
+wait_for 20 all_new || bad "not every new device registered with e$L down"
+dials=0; dial_fail=""; writes=0; write_fail=""; polls=0; poll_fail=""
+for j in 1 2 3 4 5 6 7 8; do
+  for i in 2 3; do
+    out=$(get_via "${R[$i]}" dev2); dials=$((dials+1))
+    echo "$out" | grep -q hello-from-device || dial_fail="$dial_fail [r$i: $(echo "$out" | tail -1 | cut -c1-200)]"
+  done
+  out=$(api $(( j % 3 + 1 )) POST /api/v1/credentials -H 'Content-Type: application/json' -d "{\"name\":\"carol$j\",\"grants\":{\"devices\":[\"carol$j\"]}}")
+  writes=$((writes+1))
+  [[ "$(echo "$out" | tail -1)" == 2* ]] || write_fail="$write_fail [r$(( j % 3 + 1 )): $(echo "$out" | tail -1) $(echo "$out" | head -1 | cut -c1-200)]"
+  for i in 1 2 3; do
+    polls=$((polls+1)); c=$(readyz "$i"); [ "$c" = 200 ] || poll_fail="$poll_fail r$i:$c"
+  done
+  sleep 0.5
+done
+refused=0; for i in 1 2 3; do refused=$(( refused + $(count_after "$WORK/r$i.log" 'cluster refused the device id' "$T1") )); done
+[ -n "$TD" ] && [ "$refused" = 0 ] && ok "7 new devices (dev2 on r1, new-1..6 on r1-r3) registered, none refused, with e$L down" \
+  || bad "new devices with e$L down: the relays refused $refused registration attempts (of dev2 and new-1..6) before they got in: $(cat "$WORK"/r?.log | grep 'cluster refused the device id' | tail -1 | sed 's/.*why=//' | cut -c1-220)"
+for p in "${NEW_PIDS[@]}"; do stop_pid "$p"; done
+[ -z "$dial_fail" ] && ok "$dials/$dials cross-relay dials (r2 -> r1, r3 -> r1) work with e$L down" \
+  || bad "cross-relay dials with e$L down failed:$dial_fail"
+[ -z "$write_fail" ] && ok "$writes/$writes admin API writes (POST /api/v1/credentials on r1-r3) work with e$L down" \
+  || bad "admin API writes with e$L down failed:$write_fail"
+[ -z "$poll_fail" ] && ok "/readyz answered 200 $polls/$polls times on the three relays with e$L down" \
+  || bad "/readyz with e$L down was not 200 $(echo "$poll_fail" | wc -w)/$polls times:$poll_fail"
+lost=0; for i in 1 2 3; do lost=$(( lost + $(count_after "$WORK/r$i.log" 'cluster store unreachable|lease expired|presence was lost' "$T0") )); done
+[ "$lost" = 0 ] && ok "no relay lost its store or its lease" || bad "$lost store/lease losses logged by the relays with one member down"
+ka=0; for i in 1 2 3; do ka=$(( ka + $(count_after "$WORK/r$i.log" 'lease keep-alive failed' "$TL") )); done
+measure "etcd-member: e$L (leader) killed; new leader after $(secs "${TL:-0}" "$T0") s; then: dev2 registered $(secs "${TD:-0}" "$T1") s after its start, $refused registration attempts of 7 new devices refused, $(echo "$dial_fail" | grep -o '\[' | wc -l)/$dials cross-relay dials failed, $(echo "$write_fail" | grep -o '\[' | wc -l)/$writes API writes failed, $(echo "$poll_fail" | wc -w)/$polls /readyz not 200, $ka failed lease keep-alives logged"
+T0=$(now)
+etcd_up "$L"
+wait_for 30 all_healthy && ok "e$L restarted with its data dir and rejoined ($(secs "$(now)" "$T0") s)" || bad "e$L did not rejoin: $(tail -2 "$WORK/e$L.log")"
+sleep 1
+
+# ---------------------------------------------------------------------------- 5. quorum lost
+echo "== 5. etcd quorum lost (two members killed) for longer than the lease TTL, then restored"
+access hold2 "$BOB" "${R[1]}" dev2 ssh 18201
+rm -f "$WORK/held5"
+ip netns exec "$LAP" "$PY" "$WORK/holder.py" 18201 "$WORK/held5" >"$WORK/holder5.out" 2>&1 &
+HOLD5=$!; PIDS+=("$HOLD5")
+wait_for 20 test -f "$WORK/held5" || bad "the stream held through r1 to dev2 did not open: $(cat "$WORK/holder5.out")"
+L=$(etcd_leader) || L=1
+O=$(( L % 3 + 1 ))
+T0=$(now)
+kill -9 "${EPID[$L]}" "${EPID[$O]}"; wait "${EPID[$L]}" "${EPID[$O]}" 2>/dev/null
+agent dev3 "$DEV3_TOKEN" dev3 "${R[3]}"; AG3=$LAST_PID
+wait_for 20 not_ready 1 && T503=$(now) || T503=""
+[ -n "$T503" ] && lt "$(secs "$T503" "$T0")" 15 && ok "/readyz of r1 turned 503 $(secs "$T503" "$T0") s after quorum was lost (bound ~15 s)" \
+  || bad "/readyz of r1 after quorum loss: $(readyz 1) after $(secs "$(now)" "$T0") s"
+not_ready 2 && not_ready 3 && ok "/readyz of r2 and r3 are 503 too" || bad "/readyz of r2, r3 without quorum: $(readyz 2) $(readyz 3)"
+reach "${R[1]}" dev2 && ok "a new stream through dev2's own relay (r1) works without quorum" || bad "local stream r1 -> dev2 without quorum: $(get_via "${R[1]}" dev2 | tail -1)"
+refusal() { [ "$(count_after "$WORK/agent-dev3.log" 'refused the session \(Unavailable\)' "$T0")" -ge 1 ]; }
+wait_for 15 refusal && ! registered dev3 "$T0" \
+  && ok "a new device (dev3 on r3) is refused: $(last_line "$WORK/agent-dev3.log" 'refused the session' | sed 's/.*error=//' | cut -c1-150)" \
+  || bad "dev3 without quorum: $(tail -2 "$WORK/agent-dev3.log")"
+T1=$(now); out=$(get_via "${R[3]}" dev2); T2=$(now)
+echo "$out" | grep -q '^error: unavailable: .*store' && ok "a cross-relay dial (r3 -> dev2 on r1) fails clearly in $(secs "$T2" "$T1") s: $(echo "$out" | tail -1 | cut -c1-160)" \
+  || bad "cross-relay dial without quorum: $out"
+out=$(api 1 POST /api/v1/credentials -H 'Content-Type: application/json' -d '{"name":"dave","grants":{"devices":["dave"]}}')
+code=$(echo "$out" | tail -1)
+[[ "$code" != 2* ]] && [ "$code" != 000 ] && ok "an admin API write fails without quorum ($code: $(echo "$out" | head -1 | cut -c1-120))" || bad "API write without quorum answered '$code'"
+# Past the lease TTL: every relay gives its lease up and says so.
+gave_up() { local i; for i in 1 2 3; do [ "$(count_after "$WORK/r$i.log" 'cluster store unreachable' "$T0")" -ge 1 ] || return 1; done; }
+wait_for 25 gave_up && TU=$(now) || TU=""
+[ -n "$TU" ] && ok "every relay noticed its lease is gone ($(secs "$TU" "$T0") s: 'cluster store unreachable')" || bad "the relays did not log the store outage: $(for i in 1 2 3; do last_line "$WORK/r$i.log" 'keep-alive|unreachable' | cut -c1-120; done)"
+n=$(count_after "$WORK/agent-dev2.log" 'session with the relay lost' "$T0")
+reach "${R[1]}" dev2 && [ "$n" = 0 ] && kill -0 "$HOLD5" 2>/dev/null \
+  && ok "after $(secs "$(now)" "$T0") s without quorum dev2 is still connected to r1, serves new local streams, and the stream opened before the outage is still open" \
+  || bad "dev2 during the outage: $n session losses, held stream: $(kill -0 "$HOLD5" 2>/dev/null && echo open || echo "ended $(cat "$WORK/holder5.out")")"
+T_R=$(now)
+etcd_up "$L"; etcd_up "$O"
+RD=""; RX=""; RR=""
+for _ in $(seq 150); do
+  [ -z "$RD" ] && registered dev3 "$T_R" && RD=$(log_time "$WORK/agent-dev3.log" 'registered with the relay' "$T_R")
+  [ -z "$RX" ] && reach "${R[3]}" dev2 && RX=$(now)
+  [ -z "$RR" ] && ready 1 && ready 2 && ready 3 && RR=$(now)
+  [ -n "$RD" ] && [ -n "$RX" ] && [ -n "$RR" ] && break
+  lt 40 "$(secs "$(now)" "$T_R")" && break
+  sleep 0.2
+done
+[ -n "$RD" ] && lt "$(secs "$RD" "$T_R")" 30 && ok "dev3 registered by itself $(secs "$RD" "$T_R") s after the members restarted (bound 30 s)" \
+  || bad "dev3 not registered within 30 s of the restore: $(tail -2 "$WORK/agent-dev3.log")"
+[ -n "$RX" ] && lt "$(secs "$RX" "$T_R")" 30 && ok "cross-relay dials work again $(secs "$RX" "$T_R") s after the restore (r1 claimed dev2 again under a new lease)" \
+  || bad "cross-relay dial after the restore: $(get_via "${R[3]}" dev2 | tail -1)"
+[ -n "$RR" ] && lt "$(secs "$RR" "$T_R")" 30 && ok "/readyz is 200 on every relay $(secs "$RR" "$T_R") s after the restore" \
+  || bad "/readyz after the restore: $(readyz 1) $(readyz 2) $(readyz 3)"
+kill -0 "$HOLD5" 2>/dev/null && ok "the stream held through r1 since before the outage survived it" || bad "the held stream ended: $(cat "$WORK/holder5.out")"
+kill "$HOLD5" 2>/dev/null
+# The presence written before the outage hangs on the relays' old leases, which expire one
+# TTL after etcd is back: by then each relay must have claimed its devices again.
+while lt "$(secs "$(now)" "$T_R")" $(( LEASE_TTL + 5 )); do sleep 0.5; done
+missing=""
+for d in dev1 dev2 dev3; do
+  want=$(agent_relay "$d"); got=$(presence_of "$d")
+  [ -n "$want" ] && [ "$want" = "$got" ] || missing="$missing $d (connected to '$want', presence '$got')"
+done
+[ -z "$missing" ] && ok "$(secs "$(now)" "$T_R") s after the restore every connected device has its presence again (dev1 on $(presence_of dev1), dev2 on r1, dev3 on r3)" \
+  || bad "connected devices without presence $(secs "$(now)" "$T_R") s after the restore:$missing; $(cat "$WORK"/r?.log | grep -E 're-claiming devices failed' | tail -1 | cut -c1-250)"
+H=$(agent_relay dev1); H=${H#r}; O1=$(( ${H:-1} % 3 + 1 ))
+out=$(get_via "${R[$O1]}" dev1)
+echo "$out" | grep -q hello-from-device && ok "dev1 (on r${H:-?}) is reachable through r$O1 after the outage" || bad "dev1 (on r${H:-?}) through r$O1 after the outage: $(echo "$out" | tail -1)"
+measure "quorum: readyz 503 after $(secs "${T503:-0}" "$T0") s; relays gave up their lease after $(secs "${TU:-0}" "$T0") s; outage $(secs "$T_R" "$T0") s; after the restore: readyz 200 on all relays in $(secs "${RR:-0}" "$T_R") s, cross-relay dial in $(secs "${RX:-0}" "$T_R") s, the refused device registered in $(secs "${RD:-0}" "$T_R") s (bound 30 s)"
+wait_for 30 all_healthy || bad "etcd not healthy after the restore"
+
+# ---------------------------------------------------------------------------- 6. partition
+echo "== 6. relay r3 cut off from r1 and r2 on :7835 (etcd still reachable)"
+reach "${R[3]}" dev2 || bad "r3 -> dev2 before the partition"
+wait_for 10 on_relay dev3 r3 || bad "dev3 is not on r3: '$(presence_of dev3)'"
+# A silent partition: each side drops what it receives from the other on the relay port.
+partition() { # NS PEERS
+  inns "$1" nft -f - <<NFT
+table inet part {
+  chain input { type filter hook input priority filter; policy accept;
+    ip saddr { $2 } tcp sport 7835 drop; ip saddr { $2 } tcp dport 7835 drop; }
+}
+NFT
+}
+partition "${RNS[3]}" "10.202.1.1, 10.202.1.2"
+partition "${RNS[1]}" 10.202.1.3
+partition "${RNS[2]}" 10.202.1.3
+T0=$(now); out=$(get_via "${R[3]}" dev2); T1=$(now)
+echo "$out" | grep -q '^error: .*unreachable' && lt "$(secs "$T1" "$T0")" 10 \
+  && ok "a dial from r3 to dev2 (on r1, over the link r3 already had) fails as unreachable in $(secs "$T1" "$T0") s (bound 10 s): $(echo "$out" | tail -1 | cut -c1-160)" \
+  || bad "dial r3 -> dev2 (link already open) during the partition ($(secs "$T1" "$T0") s): $(echo "$out" | tail -2)"
+# The failed dial made r3 forget that link: the next one must open a new link to r1,
+# which cannot answer either.
+T2=$(now); out1=$(get_via "${R[3]}" dev2); T3=$(now)
+echo "$out1" | grep -q '^error: .*unreachable' && lt "$(secs "$T3" "$T2")" 10 \
+  && ok "a second dial from r3 to dev2 (r3 must open a new link to r1) fails as unreachable in $(secs "$T3" "$T2") s (bound 10 s)" \
+  || bad "second dial r3 -> dev2 (new link to r1) during the partition: no 'unreachable' error within 10 s ($(secs "$T3" "$T2") s): $(echo "$out1" | tail -2)"
+reach "${R[3]}" dev3 && ok "a local stream on r3 (to dev3) still works" || bad "local stream on r3 during the partition: $(get_via "${R[3]}" dev3 | tail -1)"
+rz=$(inns "$PUB" curl -s -m 5 "http://10.202.1.3:7836/readyz")
+for i in 1 2 3; do inns "${RNS[$i]}" nft delete table inet part; done
+T_H=$(now)
+wait_for 20 reach "${R[3]}" dev2 && TW=$(now) || TW=""
+[ -n "$TW" ] && ok "after the partition healed, r3 -> dev2 works again ($(secs "$TW" "$T_H") s)" || bad "r3 -> dev2 after the heal: $(get_via "${R[3]}" dev2 | tail -1)"
+wait_for 10 reach "${R[1]}" dev3 && ok "and r1 -> dev3 (on r3) works" || bad "r1 -> dev3 after the heal: $(get_via "${R[1]}" dev3 | tail -1)"
+measure "partition: r3 -> dev2 failed in $(secs "$T1" "$T0") s over the open link, in $(secs "$T3" "$T2") s with a new link (bound 10 s); r3 /readyz during it: '$rz'; dial worked again $(secs "${TW:-0}" "$T_H") s after the heal"
+
+# ---------------------------------------------------------------------------- 7. ID race
+echo "== 7. two credentials race for device id 'race' on r1 and r2 (5 rounds)"
+good=0; wins=""
+for round in 1 2 3 4 5; do
+  T0=$(now)
+  agent race-a "$RACE_A" race "${R[1]}"; PA=$LAST_PID
+  agent race-b "$RACE_B" race "${R[2]}"; PB=$LAST_PID
+  decided() {
+    local ra rb ta tb
+    ra=$(count_after "$WORK/agent-race-a.log" 'registered with the relay' "$T0"); rb=$(count_after "$WORK/agent-race-b.log" 'registered with the relay' "$T0")
+    ta=$(count_after "$WORK/agent-race-a.log" 'DeviceIdTaken' "$T0"); tb=$(count_after "$WORK/agent-race-b.log" 'DeviceIdTaken' "$T0")
+    { [ "$ra" -ge 1 ] && [ "$tb" -ge 1 ]; } || { [ "$rb" -ge 1 ] && [ "$ta" -ge 1 ]; }
+  }
+  wait_for 15 decided
+  sleep 1.5   # the loser retries meanwhile: it must stay refused
+  ra=$(count_after "$WORK/agent-race-a.log" 'registered with the relay' "$T0"); rb=$(count_after "$WORK/agent-race-b.log" 'registered with the relay' "$T0")
+  ta=$(count_after "$WORK/agent-race-a.log" 'DeviceIdTaken' "$T0"); tb=$(count_after "$WORK/agent-race-b.log" 'DeviceIdTaken' "$T0")
+  p=$(presence_of race)
+  if [ "$ra" = 1 ] && [ "$rb" = 0 ] && [ "$tb" -ge 1 ] && [ "$p" = r1 ]; then good=$((good+1)); wins="$wins a@r1"
+  elif [ "$rb" = 1 ] && [ "$ra" = 0 ] && [ "$ta" -ge 1 ] && [ "$p" = r2 ]; then good=$((good+1)); wins="$wins b@r2"
+  else
+    bad "race round $round: race-a registered $ra× (refused taken $ta×), race-b registered $rb× (refused taken $tb×), presence '$p'"
+    wins="$wins ?"
+  fi
+  stop_pid "$PA"; stop_pid "$PB"
+  wait_for 10 no_presence race || bad "race round $round: presence stayed after both agents stopped"
+done
+[ "$good" = 5 ] && ok "5/5 rounds: exactly one agent held 'race' (presence named its relay), the other was refused as device id taken" \
+  || bad "only $good/5 race rounds held"
+measure "id-race: winners per round:$wins; loser's refusal: $(cat "$WORK/agent-race-a.log" "$WORK/agent-race-b.log" | grep DeviceIdTaken | tail -1 | sed 's/.*error=//' | cut -c1-140)"
+
+# ---------------------------------------------------------------------------- 8. rolling restart
+echo "== 8. rolling restart of r1, r2, r3 under a running 96 MiB transfer (6 MiB/s)"
+wait_for 10 has_presence dev1
+D=$(presence_of dev1); D=${D#r}; [ -n "$D" ] || { bad "dev1 has no relay"; D=1; }
+A=$(( D % 3 + 1 )); U=$(( A % 3 + 1 ))
+access roll "$BOB" "${R[$A]}" dev1 web 18088
+( inns "$LAP" curl -s -m 150 --limit-rate 6M http://127.0.0.1:18088/mid.bin | "$PY" "$WORK/sha.py" -n >"$WORK/roll.out" ) &
+XFER=$!; PIDS+=("$XFER")
+T_X=$(now)
+sleep 1.5
+# the uninvolved relay first, then the device's relay (its drain waits for the transfer),
+# then the caller's relay
+for k in "$U" "$D" "$A"; do
+  running=no; kill -0 "$XFER" 2>/dev/null && running=yes
+  Ts=$(now)
+  kill -TERM "${RPID[$k]}"
+  if [ "$k" = "$D" ] && [ "$running" = yes ]; then
+    # its drain lasts as long as the transfer: the others see it draining meanwhile
+    draining() { api "$A" GET /api/v1/cluster | head -1 | "$PY" -c 'import json,sys; sys.exit(0 if any(r["id"]==sys.argv[1] and r["draining"] for r in json.load(sys.stdin)["relays"]) else 1)' "r$k"; }
+    wait_for 5 draining && ok "while r$k drains, the cluster view on r$A shows it draining" || bad "r$k not shown draining on r$A: $(api "$A" GET /api/v1/cluster | head -1 | cut -c1-300)"
+  fi
+  for _ in $(seq $(( (GRACE + 10) * 10 ))); do kill -0 "${RPID[$k]}" 2>/dev/null || break; sleep 0.1; done
+  Te=$(now)
+  kill -0 "${RPID[$k]}" 2>/dev/null && { bad "r$k did not exit after SIGTERM"; kill -9 "${RPID[$k]}"; }
+  rejoined() { ectl get "tunnel/relay/r$k" --print-value-only | grep -q '"draining":false'; }
+  relay_up "$k" && wait_for 20 ready "$k" && wait_for 10 rejoined && Tr=$(now) || Tr=""
+  [ -n "$Tr" ] && ok "r$k drained, exited and rejoined (transfer running at SIGTERM: $running)" || bad "r$k did not rejoin: $(tail -3 "$WORK/r$k.log")"
+  measure "rolling: r$k exited $(secs "$Te" "$Ts") s after SIGTERM (transfer running: $running), ready and rejoined $(secs "${Tr:-0}" "$Te") s after its restart"
+done
+for _ in $(seq 1200); do kill -0 "$XFER" 2>/dev/null || break; sleep 0.1; done
+T_XE=$(now)
+got=$(cat "$WORK/roll.out" 2>/dev/null)
+[ "${got% *}" = "$MID_SHA" ] && ok "the 96 MiB transfer through r$A -> r$D arrived intact across the rolling restart (sha256)" \
+  || bad "transfer across the rolling restart: got '$got', want $MID_SHA $((96 << 20))"
+measure "rolling: transfer of ${got#* } bytes took $(secs "$T_XE" "$T_X") s, sha256 $([ "${got% *}" = "$MID_SHA" ] && echo match || echo MISMATCH); dev1 now on $(presence_of dev1)"
+for i in 1 2 3; do
+  wait_for 20 reach "${R[$i]}" dev1 && ok "after the rolling restart dev1 is reachable through r$i" || bad "dev1 through r$i after the rolling restart: $(get_via "${R[$i]}" dev1 | tail -1)"
+done
+
+echo
+measure "cluster suite total: $(secs "$(now)" "$T_SUITE") s"
+echo "cluster suite: $PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]
