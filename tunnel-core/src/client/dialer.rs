@@ -193,8 +193,17 @@ impl Dialer {
         header: &Message,
         max_reply: usize,
     ) -> Result<(Stream, Message), DialError> {
-        let session = self.session().await?;
-        let mut stream = session.open().await.map_err(|e| match e {
+        let mut session = self.session().await?;
+        // A session that ends between the check and the open (revoked, relay restarted)
+        // has carried nothing of this request yet: one retry on a fresh session is safe.
+        let mut stream = match session.open().await {
+            Err(OpenError::Closed) => {
+                session = self.session().await?;
+                session.open().await
+            }
+            other => other,
+        }
+        .map_err(|e| match e {
             OpenError::Closed => {
                 DialError::ConnectionLost(io::Error::new(io::ErrorKind::ConnectionReset, e))
             }
