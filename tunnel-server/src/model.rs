@@ -61,6 +61,12 @@ pub struct PresenceRecord {
     pub principal: String,
     /// The registration's nonce on that relay.
     pub nonce: u64,
+    /// Takeovers from other relays by the same credential since `takeovers_since`.
+    #[serde(default)]
+    pub takeovers: u32,
+    /// When the current count of takeovers started, seconds since the Unix epoch.
+    #[serde(default)]
+    pub takeovers_since: u64,
     /// When it registered, RFC 3339.
     #[serde(with = "rfc3339")]
     #[schema(value_type = String)]

@@ -299,3 +299,42 @@ async fn a_device_that_reconnects_to_another_relay_takes_its_id_along() {
     assert_eq!(r2.relay.online_devices(), ["pi"]);
     drop((second, third));
 }
+
+#[tokio::test]
+async fn two_live_agents_sharing_an_id_across_relays_stop_taking_it_from_each_other() {
+    let (_etcd, r1, r2, creds, public, _ca) = two_relays("flap").await;
+    let bind = |m: &Member| {
+        let config = DeviceConfig::new(client(m, &public, &creds.dev), "pi").service("echo");
+        tunnel_core::Listener::bind(config)
+    };
+    let a = bind(&r1).await.unwrap();
+    let b = bind(&r2).await.unwrap();
+    // They take the ID from each other a few times (each reconnects after its backoff),
+    // then the holder keeps it: the presence stops changing.
+    let holder = || async { r1.cluster.presence("pi").await.unwrap().map(|p| p.relay) };
+    let mut stable_since = tokio::time::Instant::now();
+    let mut last = holder().await;
+    let mut changes = 0;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = holder().await;
+        if now != last {
+            changes += 1;
+            stable_since = tokio::time::Instant::now();
+            last = now;
+        }
+        if stable_since.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    assert!(
+        stable_since.elapsed() > Duration::from_secs(5),
+        "still flapping after {changes} changes"
+    );
+    assert!(changes <= 4, "{changes} takeovers");
+    let refused = [&a, &b]
+        .iter()
+        .filter(|l| matches!(l.state(), tunnel_core::ListenerState::Reconnecting { last_error } if last_error.contains("taken over too often")))
+        .count();
+    assert_eq!(refused, 1, "one agent is told why it is refused");
+}

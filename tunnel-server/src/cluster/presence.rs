@@ -18,6 +18,19 @@ use crate::store::{Expect, LeaseId, Store, StoreError};
 /// Rounds of read + compare-and-set before a claim gives up as `unavailable`: each lost
 /// round means another relay wrote meanwhile, which a flapping pair can do forever.
 const CLAIM_ROUNDS: usize = 4;
+/// Takeovers of a device ID from another relay by the same credential allowed within
+/// [`FLAP_WINDOW`]: a device whose relay died moves once; two live agents sharing a
+/// credential and an ID on two relays would take it from each other forever. Past this,
+/// the holder keeps it and newcomers are refused `device id taken` (as on one relay).
+const MAX_TAKEOVERS: u32 = 3;
+/// Window over which takeovers are counted.
+const FLAP_WINDOW: u64 = 60;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// A device this relay holds.
 #[derive(Debug, Clone)]
@@ -74,17 +87,18 @@ impl RelayCluster {
             ));
         };
         let store = &*self.inner.store;
-        let record = PresenceRecord {
-            relay: self.relay_id().to_owned(),
-            principal: claim.principal.clone(),
-            nonce: claim.nonce,
-            since: SystemTime::now(),
-        };
-        let value = serde_json::to_vec(&record).unwrap_or_default();
         for _ in 0..CLAIM_ROUNDS {
             let current = read(store, &claim.device)
                 .await
                 .map_err(|e| unavailable(&e))?;
+            let mut record = PresenceRecord {
+                relay: self.relay_id().to_owned(),
+                principal: claim.principal.clone(),
+                nonce: claim.nonce,
+                since: SystemTime::now(),
+                takeovers: 0,
+                takeovers_since: unix_now(),
+            };
             let expect = match &current {
                 None => Expect::Absent,
                 Some((held, _)) if held.principal != claim.principal => {
@@ -93,10 +107,30 @@ impl RelayCluster {
                         claim.device, held.relay
                     )));
                 }
-                Some((_, version)) => Expect::Version(*version),
+                Some((held, version)) => {
+                    // Same credential: a takeover. Counted when it comes from another
+                    // relay; the same relay's replacements are its registry's business.
+                    let fresh = unix_now().saturating_sub(held.takeovers_since) < FLAP_WINDOW;
+                    (record.takeovers, record.takeovers_since) =
+                        match (fresh, held.relay == self.relay_id()) {
+                            (true, true) => (held.takeovers, held.takeovers_since),
+                            (true, false) => (held.takeovers + 1, held.takeovers_since),
+                            (false, true) => (0, unix_now()),
+                            (false, false) => (1, unix_now()),
+                        };
+                    if record.takeovers > MAX_TAKEOVERS {
+                        return Err(ClaimRefused::Taken(format!(
+                            "device id {} is held by a live session of this credential on relay \
+                             {} that was taken over too often; use one credential per device",
+                            claim.device, held.relay
+                        )));
+                    }
+                    Expect::Version(*version)
+                }
             };
+            let value = serde_json::to_vec(&record).unwrap_or_default();
             match store
-                .put(&key(&claim.device), value.clone(), expect, Some(lease))
+                .put(&key(&claim.device), value, expect, Some(lease))
                 .await
             {
                 Ok(_) => {
@@ -174,6 +208,8 @@ impl RelayCluster {
                 principal: h.principal.clone(),
                 nonce: h.nonce,
                 since: SystemTime::now(),
+                takeovers: 0,
+                takeovers_since: unix_now(),
             };
             let value = serde_json::to_vec(&record).unwrap_or_default();
             let expect = match read(store, &device).await {
