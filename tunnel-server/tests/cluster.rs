@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tunnel_core::{
     ClaimRefused, ClientConfig, Cluster, DeviceClaim, DeviceConfig, DialError, Dialer, FirstOf,
-    Grants, Identity, Pattern, Relay, TlsIdentity, Token, TokenAuthenticator,
+    Grants, Identity, ListenerState, Pattern, Relay, TlsIdentity, Token, TokenAuthenticator,
 };
 use tunnel_server::cluster::ca::{ClusterCa, PeerAuthenticator};
 use tunnel_server::cluster::{ClusterConfig, RelayCluster};
@@ -288,7 +288,7 @@ async fn a_device_that_reconnects_to_another_relay_takes_its_id_along() {
     let config = DeviceConfig::new(client(&r1, &public, &creds.other), "pi").service("echo");
     let third = tunnel_core::Listener::bind(config).await.unwrap();
     match third.state() {
-        tunnel_core::ListenerState::Reconnecting { last_error } => {
+        ListenerState::Reconnecting { last_error } => {
             assert!(
                 last_error.contains("in use by another credential"),
                 "{last_error}"
@@ -334,7 +334,47 @@ async fn two_live_agents_sharing_an_id_across_relays_stop_taking_it_from_each_ot
     assert!(changes <= 4, "{changes} takeovers");
     let refused = [&a, &b]
         .iter()
-        .filter(|l| matches!(l.state(), tunnel_core::ListenerState::Reconnecting { last_error } if last_error.contains("taken over too often")))
+        .filter(|l| matches!(l.state(), ListenerState::Reconnecting { last_error } if last_error.contains("taken over too often")))
         .count();
     assert_eq!(refused, 1, "one agent is told why it is refused");
+}
+
+#[tokio::test]
+async fn a_device_given_every_relay_moves_when_its_relay_drains() {
+    let (_etcd, r1, r2, creds, public, _ca) = two_relays("drain").await;
+    let echo = spawn_echo_server().await;
+    let both = ClientConfig::new(format!("{},{}", r1.addr, r2.addr), public.pin().unwrap())
+        .token(creds.dev.clone());
+    let device = start_device(both, "pi", &[("echo", echo)]).await;
+    // It started on one of the two (a random one); that relay shuts down.
+    let ListenerState::Connected { relay: first, .. } = device.listener.state() else {
+        panic!("not connected");
+    };
+    let (leaving, staying) = if first == r1.addr.to_string() {
+        (r1, r2)
+    } else {
+        (r2, r1)
+    };
+    let Member {
+        relay: leaving_relay,
+        cluster: leaving_cluster,
+        _stop: stop,
+        ..
+    } = leaving;
+    drop(stop); // graceful shutdown: the idle device is sent away at once
+    eventually("the device registers with the other relay", WAIT, || async {
+        matches!(device.listener.state(), ListenerState::Connected { relay, .. } if relay == staying.addr.to_string())
+    })
+    .await;
+    leaving_cluster.leave().await;
+    assert!(leaving_relay.online_devices().is_empty());
+    let dialer = Dialer::connect(client(&staying, &public, &creds.alice))
+        .await
+        .unwrap();
+    let stream = within("dial after the move", WAIT, dialer.dial("pi", "echo"))
+        .await
+        .unwrap();
+    assert_eq!(echo_exchange(stream, b"moved").await, b"moved");
+    let holder = staying.cluster.presence("pi").await.unwrap().unwrap();
+    assert_eq!(holder.relay, staying.cluster.relay_id());
 }
