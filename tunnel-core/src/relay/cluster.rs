@@ -18,9 +18,10 @@ use crate::error::DialError;
 use crate::stream::Stream;
 
 /// Deadline for [`Cluster::claim`]: past it the device is refused as `unavailable` and
-/// retries with backoff. A healthy etcd answers a transaction in milliseconds; one that
-/// lost its quorum never does.
-pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(3);
+/// retries with backoff. A healthy etcd answers a transaction in milliseconds, and within
+/// a few seconds while it elects a new leader; one that lost its quorum never does. Well
+/// under the client's 10 s handshake deadline.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// A device ID claimed by a session of this relay.
 #[derive(Debug, Clone, PartialEq, Eq)]

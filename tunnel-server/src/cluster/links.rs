@@ -169,8 +169,16 @@ impl RelayCluster {
                 return Err(unreachable("it has left the cluster".into()));
             };
             let links = &self.inner.links;
+            let dialer = match links.link(&peer).await {
+                Ok(d) => d,
+                Err(e) => {
+                    // No link at all: the peer is down, cut off, or not who its record says.
+                    metrics::counter!("tunnel_cluster_forwarded_total", "result" => "peer_unreachable").increment(1);
+                    lock(&links.failing).insert(relay_id.clone(), e.to_string());
+                    return Err(unreachable(e.to_string()));
+                }
+            };
             let opened = async {
-                let dialer = links.link(&peer).await?;
                 match tokio::time::timeout(
                     PEER_OPEN_TIMEOUT,
                     dialer.forward(device, service, caller, self.relay_id()),

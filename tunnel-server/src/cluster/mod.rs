@@ -24,6 +24,7 @@ pub use links::{LINKS_PER_PEER, PEER_CONNECT_TIMEOUT, PEER_OPEN_TIMEOUT};
 mod presence;
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -86,6 +87,8 @@ struct Inner {
     /// Devices this relay holds: device → (nonce, principal).
     held: Mutex<HashMap<String, presence::Held>>,
     health: Mutex<Health>,
+    /// Set when claiming the held devices again under a new lease did not finish.
+    reclaim_pending: std::sync::atomic::AtomicBool,
     links: links::Links,
     stop: CancellationToken,
 }
@@ -111,6 +114,7 @@ impl RelayCluster {
                     store_error: None,
                     peers_failing: HashMap::new(),
                 }),
+                reclaim_pending: std::sync::atomic::AtomicBool::new(false),
                 links,
                 stop: CancellationToken::new(),
             }),
@@ -224,7 +228,8 @@ impl RelayCluster {
             return Err(e);
         }
         self.set_store_health(Ok(()));
-        self.reclaim(lease).await;
+        let done = self.reclaim(lease).await;
+        self.inner.reclaim_pending.store(!done, Ordering::SeqCst);
         Ok(())
     }
 
@@ -288,6 +293,10 @@ impl RelayCluster {
                 Ok(()) => {
                     last_ok = tokio::time::Instant::now();
                     self.set_store_health(Ok(()));
+                    if self.inner.reclaim_pending.load(Ordering::SeqCst) {
+                        let done = self.reclaim(lease).await;
+                        self.inner.reclaim_pending.store(!done, Ordering::SeqCst);
+                    }
                     if last_record.elapsed() >= RECORD_EVERY {
                         last_record = tokio::time::Instant::now();
                         let draining = self.relay().is_some_and(Relay::is_draining);

@@ -195,8 +195,9 @@ impl RelayCluster {
     }
 
     /// Claims again, under a new lease, every device this relay still holds; a device
-    /// another relay took meanwhile is disconnected here.
-    pub(super) async fn reclaim(&self, lease: LeaseId) {
+    /// another relay took meanwhile is disconnected here. Returns whether every device was
+    /// done: on a store error it stops, and the lease keeper calls it again.
+    pub(super) async fn reclaim(&self, lease: LeaseId) -> bool {
         let held: Vec<(String, Held)> = lock(&self.inner.held)
             .iter()
             .map(|(d, h)| (d.clone(), h.clone()))
@@ -219,15 +220,22 @@ impl RelayCluster {
                     self.lost(&device, "another relay holds it now");
                     continue;
                 }
-                Err(e) => return warn!(error = %e, "re-claiming devices failed; will retry"),
+                Err(e) => {
+                    warn!(error = %e, "re-claiming devices failed; will retry");
+                    return false;
+                }
             };
             if let Err(e) = store.put(&key(&device), value, expect, Some(lease)).await {
                 match e {
                     StoreError::Conflict { .. } => self.lost(&device, "taken meanwhile"),
-                    e => return warn!(error = %e, "re-claiming devices failed; will retry"),
+                    e => {
+                        warn!(error = %e, "re-claiming devices failed; will retry");
+                        return false;
+                    }
                 }
             }
         }
+        true
     }
 
     /// Forgets a device this relay no longer holds and closes its session here.

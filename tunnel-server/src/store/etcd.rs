@@ -7,7 +7,9 @@
 //!   delete), so [`Expect::Version`] is a compare on it, and [`Expect::Absent`] a compare
 //!   of `create_revision` with 0.
 //! - Every request runs under [`REQUEST_TIMEOUT`]: a member without quorum never answers,
-//!   and the caller must learn that in bounded time.
+//!   and the caller must learn that in bounded time. A request that was not delivered (a
+//!   member is down, or the cluster is electing a leader) is retried, on the client's next
+//!   endpoint, until [`OPERATION_DEADLINE`]: losing one member of three is not visible.
 //! - A watch that breaks (etcd restarted, quorum lost, history compacted) is reopened and
 //!   its watchers are told they lagged, so they re-read what they watch; they are also told
 //!   once the watch is first established, since changes before that were not seen.
@@ -26,6 +28,12 @@ use super::{BoxFuture, Change, Expect, LeaseId, Store, StoreError, Versioned, Wa
 /// Deadline for one etcd request. A healthy cluster answers in milliseconds; a member that
 /// lost its quorum holds requests until its own (longer) timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for one store operation, retries of undelivered requests included: covers a
+/// leader election after the leader died (about 2 s with etcd's defaults).
+pub const OPERATION_DEADLINE: Duration = Duration::from_secs(4);
+/// gRPC's `UNAVAILABLE`: the request did not reach a member that could serve it (no
+/// leader, member stopping), so retrying cannot apply it twice.
+const GRPC_UNAVAILABLE: i32 = 14;
 /// Deadline for the first connection to the endpoints.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// gRPC keep-alive: a dead member is noticed within interval + timeout.
@@ -55,14 +63,39 @@ fn timed_out(what: &str) -> StoreError {
     StoreError::Backend(format!("etcd did not answer {what} within {REQUEST_TIMEOUT:?}").into())
 }
 
-/// Runs one etcd request under [`REQUEST_TIMEOUT`].
-async fn timed<T>(
-    what: &str,
-    f: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, f).await {
-        Ok(r) => r.map_err(backend),
-        Err(_) => Err(timed_out(what)),
+/// Whether a failed request surely did not reach etcd's log: a transport error (connect
+/// refused, connection reset before the answer), or `UNAVAILABLE`. Retrying those cannot
+/// apply a write twice; a request that timed out might have been applied, and is not
+/// retried.
+fn undelivered(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => s.code() as i32 == GRPC_UNAVAILABLE,
+        _ => false,
+    }
+}
+
+/// Runs one etcd request, each attempt under [`REQUEST_TIMEOUT`], retrying undelivered
+/// ones (the client's balancer picks another endpoint) until [`OPERATION_DEADLINE`].
+async fn timed<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + OPERATION_DEADLINE;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(REQUEST_TIMEOUT.min(left), attempt()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if undelivered(&e) && tokio::time::Instant::now() + pause < deadline => {
+                debug!(error = %e, what, "etcd request not delivered; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(400));
+            }
+            Ok(Err(e)) => return Err(backend(e)),
+            Err(_) => return Err(timed_out(what)),
+        }
     }
 }
 
@@ -138,8 +171,12 @@ impl EtcdStore {
 impl Store for EtcdStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Versioned>, StoreError>> {
         Box::pin(async move {
-            let mut kv = self.client.kv_client();
-            let resp = timed("a read", kv.get(self.full(key), None)).await?;
+            let resp = timed("a read", || {
+                let mut kv = self.client.kv_client();
+                let key = self.full(key);
+                async move { kv.get(key, None).await }
+            })
+            .await?;
             Ok(resp.kvs().first().map(|kv| Versioned {
                 value: kv.value().to_vec(),
                 version: u64::try_from(kv.version()).unwrap_or(0),
@@ -164,8 +201,12 @@ impl Store for EtcdStore {
                 txn = txn.when(vec![c]);
             }
             let txn = txn.and_then(vec![TxnOp::put(self.full(key), value, Some(options))]);
-            let mut kv = self.client.kv_client();
-            let resp = timed("a write", kv.txn(txn)).await?;
+            let resp = timed("a write", || {
+                let mut kv = self.client.kv_client();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
             if !resp.succeeded() {
                 return Err(StoreError::Conflict { key: key.into() });
             }
@@ -195,11 +236,12 @@ impl Store for EtcdStore {
                 .iter()
                 .map(|(k, v, _)| TxnOp::put(self.full(k), v.clone(), None))
                 .collect();
-            let mut kv = self.client.kv_client();
-            let resp = timed(
-                "a transaction",
-                kv.txn(Txn::new().when(compares).and_then(ops)),
-            )
+            let txn = Txn::new().when(compares).and_then(ops);
+            let resp = timed("a transaction", || {
+                let mut kv = self.client.kv_client();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
             .await?;
             if resp.succeeded() {
                 Ok(())
@@ -221,8 +263,13 @@ impl Store for EtcdStore {
                 txn = txn.when(vec![c]);
             }
             let op = TxnOp::delete(self.full(key), Some(DeleteOptions::new().with_prev_key()));
-            let mut kv = self.client.kv_client();
-            let resp = timed("a delete", kv.txn(txn.and_then(vec![op]))).await?;
+            let txn = txn.and_then(vec![op]);
+            let resp = timed("a delete", || {
+                let mut kv = self.client.kv_client();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
             if !resp.succeeded() {
                 return Err(StoreError::Conflict { key: key.into() });
             }
@@ -257,8 +304,12 @@ impl Store for EtcdStore {
             let options = GetOptions::new()
                 .with_range(prefix_end(&full_prefix))
                 .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
-            let mut kv = self.client.kv_client();
-            let resp = timed("a listing", kv.get(start, Some(options))).await?;
+            let resp = timed("a listing", || {
+                let mut kv = self.client.kv_client();
+                let (start, options) = (start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await?;
             Ok(resp
                 .kvs()
                 .iter()
@@ -280,39 +331,45 @@ impl Store for EtcdStore {
     fn grant_lease(&self, ttl: Duration) -> BoxFuture<'_, Result<LeaseId, StoreError>> {
         Box::pin(async move {
             let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-            let mut lease = self.client.lease_client();
-            let resp = timed("a lease grant", lease.grant(secs, None)).await?;
+            let resp = timed("a lease grant", || {
+                let mut lease = self.client.lease_client();
+                async move { lease.grant(secs, None).await }
+            })
+            .await?;
             Ok(LeaseId(resp.id()))
         })
     }
 
     fn keep_alive(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut client = self.client.lease_client();
-            let once = async {
-                // etcd-client answers a lease it does not know with an error at once.
-                let (_keeper, mut responses) = match client.keep_alive(lease.0).await {
-                    Ok(k) => k,
-                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => {
-                        return Err(StoreError::NoLease(lease));
+            let kept = timed("a lease keep-alive", || {
+                let mut client = self.client.lease_client();
+                async move {
+                    // etcd-client sends one keep-alive and reads its answer; a lease etcd
+                    // does not know is answered with a TTL of 0, an error here.
+                    match client.keep_alive(lease.0).await {
+                        Ok(_) => Ok(true),
+                        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                        Err(e) => Err(e),
                     }
-                    Err(e) => return Err(backend(e)),
-                };
-                // The first answer was read by `keep_alive` itself; drain nothing more.
-                drop(responses.message());
+                }
+            })
+            .await?;
+            if kept {
                 Ok(())
-            };
-            match tokio::time::timeout(REQUEST_TIMEOUT, once).await {
-                Ok(r) => r,
-                Err(_) => Err(timed_out("a lease keep-alive")),
+            } else {
+                Err(StoreError::NoLease(lease))
             }
         })
     }
 
     fn revoke_lease(&self, lease: LeaseId) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let mut client = self.client.lease_client();
-            timed("a lease revocation", client.revoke(lease.0)).await?;
+            timed("a lease revocation", || {
+                let mut client = self.client.lease_client();
+                async move { client.revoke(lease.0).await }
+            })
+            .await?;
             Ok(())
         })
     }

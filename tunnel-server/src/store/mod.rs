@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::broadcast;
 
-pub use etcd::{DEFAULT_NAMESPACE, EtcdStore, REQUEST_TIMEOUT};
+pub use etcd::{DEFAULT_NAMESPACE, EtcdStore, OPERATION_DEADLINE, REQUEST_TIMEOUT};
 pub use sqlite::SqliteStore;
 
 /// A boxed future, as the store's methods return.
