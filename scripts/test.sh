@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, lints, Rust unit + integration + doc tests, benches compile,
-# and the Python suite when the bindings exist. Same command locally and in CI (.ci/run).
+# Runs every test: formatting, lints (which also compile the benches), Rust unit +
+# integration + doc tests, the namespace suites (NAT faults, the relay cluster on etcd),
+# fuzzing, and the Python suite when the bindings exist. Same command locally and in CI (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -47,8 +48,9 @@ if [ -n "$heavy" ]; then
   echo "tunnel-core depends on server crates:"; echo "$heavy"; exit 1
 fi
 
-echo "== benches compile"
-cargo bench --workspace --no-run --quiet
+# The benches need no release build here: `cargo clippy --all-targets` above compiles
+# (type-checks and lints) every bench target; they run with `cargo bench` and
+# benches/compare.sh, never in this command (performance is not a test).
 
 echo "== network faults in namespaces (real NAT, ssh, curl; skipped without root/netns)"
 tests/netns/run.sh target/debug

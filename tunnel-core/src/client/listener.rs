@@ -171,7 +171,7 @@ impl Listener {
             stop: stop.clone(),
         };
         let span = tracing::info_span!("device", device = %device);
-        tokio::spawn(supervisor.run(first.ok()).instrument(span));
+        tokio::spawn(supervisor.run(first).instrument(span));
         Ok(Self {
             incoming: Mutex::new(rx),
             state: state_rx,
@@ -287,11 +287,14 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    async fn run(self, mut connected: Option<Connected>) {
+    /// `first` is the outcome of the attempt `bind` made: a failure counts like any other
+    /// (logged, then the backoff's wait), so a refused first attempt is not retried at once.
+    async fn run(self, first: Result<Connected, ConnectError>) {
         let mut backoff = Backoff::default();
+        let mut first = Some(first);
         loop {
-            let conn = match connected.take() {
-                Some(c) => Ok(c),
+            let conn = match first.take() {
+                Some(outcome) => outcome,
                 None => connect(&self.config.client, self.config.hello()).await,
             };
             match conn {

@@ -180,7 +180,7 @@ async fn reach(
         if let (Some(cluster), true) = (relay.cluster.as_ref(), may_forward) {
             return match cluster.open(device, service, identity).await {
                 Ok((stream, other)) => Ok((stream, Some(other))),
-                Err(e) => Err((status_of(&e), e.to_string())),
+                Err(e) => Err((status_of(&e), message_of(&e))),
             };
         }
         let why = format!("device {device} is not connected");
@@ -198,6 +198,19 @@ async fn reach(
     bridge::ask_device(&online.session, &incoming)
         .await
         .map(|s| (s, None))
+}
+
+/// The text of a cross-relay open's failure without the kind's prefix, which the caller's
+/// own client adds again (`unavailable: …`, not `unavailable: unavailable: …`).
+fn message_of(e: &DialError) -> String {
+    match e {
+        DialError::Denied(m)
+        | DialError::DeviceOffline(m)
+        | DialError::UnknownService(m)
+        | DialError::TargetRefused(m)
+        | DialError::Unavailable(m) => m.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The answer for a cross-relay open that failed: what the other relay answered, or
