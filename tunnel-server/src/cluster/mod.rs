@@ -1,14 +1,14 @@
 //! A cluster of relays on a shared store (etcd): any relay reaches any device, and no relay
 //! is a single point of failure.
 //!
-//! - **Presence** ([`presence`]): `presence/<device>` says which relay holds a device. It
+//! - **Presence** (`presence.rs`): `presence/<device>` says which relay holds a device. It
 //!   is written under one lease per relay ([`LEASE_TTL`], kept alive by the relay, not by
 //!   each device: no store write per device heartbeat), so a dead relay's devices vanish
 //!   together. A device ID is claimed with compare-and-set: one session cluster-wide; the
 //!   same credential takes it over from another relay, as on one relay.
 //! - **Relays** (`relay/<id>`, under the same lease): where peers reach each relay and the
 //!   pin of its TLS identity.
-//! - **Links** ([`links`]): a stream for a device held by relay C crosses from the relay
+//! - **Links** (`links.rs`): a stream for a device held by relay C crosses from the relay
 //!   the caller reached to C over a relay-to-relay link, the project's own TLS 1.3 + yamux
 //!   session: the caller's relay verifies C's pin, C verifies the caller's relay
 //!   certificate from the cluster CA ([`ca`]). C checks the caller's own grants and never
