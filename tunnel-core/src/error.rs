@@ -165,6 +165,21 @@ impl DialError {
         }
     }
 
+    /// The inverse of [`from_status`](Self::from_status), for a relay that passes on what
+    /// a peer relay answered: the stream answer and its text without the kind's prefix
+    /// (the caller's client adds it again). A failure to reach the peer at all is
+    /// `unavailable`.
+    pub(crate) fn to_status(&self) -> (StatusCode, String) {
+        match self {
+            Self::Denied(m) => (StatusCode::Denied, m.clone()),
+            Self::DeviceOffline(m) => (StatusCode::DeviceOffline, m.clone()),
+            Self::UnknownService(m) => (StatusCode::UnknownService, m.clone()),
+            Self::TargetRefused(m) => (StatusCode::TargetRefused, m.clone()),
+            Self::Unavailable(m) => (StatusCode::Unavailable, m.clone()),
+            other => (StatusCode::Unavailable, other.to_string()),
+        }
+    }
+
     /// The kind of failure, as the status table names it (and Python raises it).
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -23,6 +23,18 @@ impl CertAuthenticator {
     }
 }
 
+impl CertAuthenticator {
+    /// Registration as each of `names`, and the access every certificate gets.
+    fn grants_for(&self, names: &[&str]) -> Grants {
+        let grants = names
+            .iter()
+            .fold(Grants::new(), |g, n| g.register(Pattern((*n).to_owned())));
+        self.access
+            .iter()
+            .fold(grants, |g, (d, s)| g.access(d.clone(), s.clone()))
+    }
+}
+
 impl Authenticator for CertAuthenticator {
     fn authenticate<'a>(
         &'a self,
@@ -43,13 +55,7 @@ impl Authenticator for CertAuthenticator {
             let first = names
                 .first()
                 .ok_or_else(|| AuthRejected::new("client certificate names no device"))?;
-            let mut grants = Grants::new();
-            for n in &names {
-                grants = grants.register(Pattern((*n).to_owned()));
-            }
-            for (d, s) in &self.access {
-                grants = grants.access(d.clone(), s.clone());
-            }
+            let grants = self.grants_for(&names);
             Ok(Identity::new(*first, grants).with_principal(format!("cert:{first}")))
         })
     }
@@ -60,13 +66,7 @@ impl Authenticator for CertAuthenticator {
         let found = principal
             .strip_prefix("cert:")
             .filter(|n| is_valid_name(n))
-            .map(|name| {
-                let mut grants = Grants::new().register(Pattern(name.to_owned()));
-                for (d, s) in &self.access {
-                    grants = grants.access(d.clone(), s.clone());
-                }
-                Identity::new(name, grants).with_principal(principal)
-            });
+            .map(|name| Identity::new(name, self.grants_for(&[name])).with_principal(principal));
         Box::pin(async move { found })
     }
 }

@@ -14,7 +14,7 @@ use super::connect::{Connected, HelloRequest, connect};
 use crate::error::{ConnectError, DialError};
 use crate::mux::{OpenError, Session};
 use crate::protocol::{
-    self, MAX_FRAME_LEN, MAX_HEADER_LEN, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
+    self, Forward, MAX_FRAME_LEN, MAX_HEADER_LEN, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
 };
 use crate::stream::Stream;
 
@@ -101,11 +101,7 @@ impl Dialer {
     /// credential may not, the device is offline, the service is unknown, or the device
     /// could not reach its local target; the session stays usable either way.
     pub async fn dial(&self, device: &str, service: &str) -> Result<Stream, DialError> {
-        for name in [device, service] {
-            if !protocol::is_valid_name(name) {
-                return Err(DialError::InvalidName(name.to_owned()));
-            }
-        }
+        check_names(device, service)?;
         let header = Message::Open {
             device: device.to_owned(),
             service: service.to_owned(),
@@ -126,18 +122,14 @@ impl Dialer {
         caller: &crate::Identity,
         origin: &str,
     ) -> Result<Stream, DialError> {
-        for name in [device, service] {
-            if !protocol::is_valid_name(name) {
-                return Err(DialError::InvalidName(name.to_owned()));
-            }
-        }
-        let header = Message::Forward {
+        check_names(device, service)?;
+        let header = Message::Forward(Forward {
             device: device.to_owned(),
             service: service.to_owned(),
             principal: caller.principal().to_owned(),
             caller: caller.name().to_owned(),
             origin: origin.to_owned(),
-        };
+        });
         self.open_with(&header).await
     }
 
@@ -231,6 +223,17 @@ impl Dialer {
         let fresh = open_session(&self.inner.config).await?;
         *slot = Some(fresh.clone());
         Ok(fresh)
+    }
+}
+
+/// Refuses an invalid device or service name before anything goes on the wire.
+fn check_names(device: &str, service: &str) -> Result<(), DialError> {
+    match [device, service]
+        .into_iter()
+        .find(|n| !protocol::is_valid_name(n))
+    {
+        Some(bad) => Err(DialError::InvalidName(bad.to_owned())),
+        None => Ok(()),
     }
 }
 

@@ -145,7 +145,7 @@ impl ClientConfig {
         self.preferred.store(index, Ordering::Relaxed);
     }
 
-    /// Checks every address (`host:port`) and returns the host of each.
+    /// Checks that there is at least one address and that each is `host:port`.
     pub(crate) fn validate_addrs(&self) -> Result<(), ConfigError> {
         if self.relays.is_empty() {
             return Err(ConfigError::Address(self.relay.clone()));

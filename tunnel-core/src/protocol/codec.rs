@@ -6,7 +6,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::status::{RefusalCode, StatusCode};
 use super::{
-    DeviceEntry, FrameError, MAX_FRAME_LEN, MAX_SERVICES, MAX_TOKEN_LEN, Message, Role, WireLimits,
+    DeviceEntry, Forward, FrameError, MAX_FRAME_LEN, MAX_SERVICES, MAX_TOKEN_LEN, Message, Role,
+    WireLimits,
 };
 use crate::auth::Token;
 
@@ -74,13 +75,13 @@ impl Message {
                 w.str8(device)?;
                 w.str8(service)?;
             }
-            Self::Forward {
+            Self::Forward(Forward {
                 device,
                 service,
                 principal,
                 caller,
                 origin,
-            } => {
+            }) => {
                 w.u8(0x18);
                 w.str8(device)?;
                 w.str8(service)?;
@@ -206,13 +207,13 @@ impl Message {
                 device: r.str8()?,
                 service: r.str8()?,
             },
-            0x18 => Self::Forward {
+            0x18 => Self::Forward(Forward {
                 device: r.str8()?,
                 service: r.str8()?,
                 principal: r.str8()?,
                 caller: r.str8()?,
                 origin: r.str8()?,
-            },
+            }),
             0x11 => Self::Incoming {
                 service: r.str8()?,
                 caller: r.str8()?,
@@ -452,13 +453,13 @@ mod tests {
                 "0008100270690373 7368",
             ),
             (
-                Message::Forward {
+                Message::Forward(Forward {
                     device: "pi".into(),
                     service: "ssh".into(),
                     principal: "token:a".into(),
                     caller: "a".into(),
                     origin: "r1".into(),
-                },
+                }),
                 "0015 18 027069 03737368 07746f6b656e3a61 0161 027231",
             ),
             (

@@ -89,6 +89,19 @@ pub(crate) struct WireLimits {
     pub(crate) receive_window: u32,
 }
 
+/// The fields of a [`Message::Forward`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Forward {
+    pub(crate) device: String,
+    pub(crate) service: String,
+    /// The caller's principal (`token:alice`), resolved by the receiving relay.
+    pub(crate) principal: String,
+    /// The caller's identity name, for the device and the logs.
+    pub(crate) caller: String,
+    /// The sending relay's ID, for the audit trail.
+    pub(crate) origin: String,
+}
+
 /// One device in a [`Message::DeviceList`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DeviceEntry {
@@ -139,16 +152,7 @@ pub(crate) enum Message {
     /// relay authenticated, to this device's service. Accepted only on a session of a
     /// [relay peer](crate::Identity::relay_peer); the receiving relay checks `principal`'s
     /// own grants and serves only devices it holds itself (never forwards again).
-    Forward {
-        device: String,
-        service: String,
-        /// The caller's principal (`token:alice`), resolved by the receiving relay.
-        principal: String,
-        /// The caller's identity name, for the device and the logs.
-        caller: String,
-        /// The sending relay's ID, for the audit trail.
-        origin: String,
-    },
+    Forward(Forward),
     /// 0x11, relay → device, stream header: a caller wants this service.
     Incoming {
         service: String,
@@ -192,7 +196,7 @@ impl Message {
             Self::Welcome { .. } => "welcome",
             Self::Refused { .. } => "refused",
             Self::Open { .. } => "open",
-            Self::Forward { .. } => "forward",
+            Self::Forward(_) => "forward",
             Self::Incoming { .. } => "incoming",
             Self::Status { .. } => "status",
             Self::List => "list",

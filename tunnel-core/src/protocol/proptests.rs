@@ -73,13 +73,13 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (name(), name()).prop_map(|(device, service)| Message::Open { device, service }),
         (name(), name(), name(), name(), name()).prop_map(
-            |(device, service, principal, caller, origin)| Message::Forward {
+            |(device, service, principal, caller, origin)| Message::Forward(Forward {
                 device,
                 service,
                 principal,
                 caller,
                 origin
-            }
+            })
         ),
         (name(), text(60), text(60)).prop_map(|(service, caller, peer)| Message::Incoming {
             service,

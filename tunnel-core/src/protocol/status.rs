@@ -256,6 +256,14 @@ mod tests {
                 Some(kind) => {
                     let err = DialError::from_status(code, "m".into());
                     assert_eq!(err.kind(), kind, "{code:?}");
+                    // A relay passing the answer on sends the same code and text, except
+                    // a protocol failure, which its caller sees as `unavailable`.
+                    let passed_on = err.to_status();
+                    if kind == ErrorKind::Protocol {
+                        assert_eq!(passed_on.0, StatusCode::Unavailable);
+                    } else {
+                        assert_eq!(passed_on, (code, "m".to_owned()), "{code:?}");
+                    }
                 }
             }
         }

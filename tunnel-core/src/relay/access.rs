@@ -14,9 +14,7 @@ use super::handshake::Accepted;
 use super::session::{AccessCtx, Ctx, Registered, prepare, send_welcome, serve, start, welcome};
 use super::{Inner, bridge};
 use crate::auth::Identity;
-use crate::error::DialError;
-use crate::protocol::ErrorKind;
-use crate::protocol::{self, Message, STREAM_OPEN_TIMEOUT, StatusCode};
+use crate::protocol::{self, ErrorKind, Forward, Message, STREAM_OPEN_TIMEOUT, StatusCode};
 use crate::stream::Stream;
 
 /// Runs an access session until it ends: welcome, then serve its streams.
@@ -73,15 +71,6 @@ pub(super) async fn open(
     }
     .instrument(span)
     .await;
-}
-
-/// The fields of a [`Message::Forward`].
-pub(super) struct Forward {
-    pub(super) device: String,
-    pub(super) service: String,
-    pub(super) principal: String,
-    pub(super) caller: String,
-    pub(super) origin: String,
 }
 
 /// A peer relay forwards a stream on behalf of a caller it authenticated: the caller's
@@ -180,7 +169,7 @@ async fn reach(
         if let (Some(cluster), true) = (relay.cluster.as_ref(), may_forward) {
             return match cluster.open(device, service, identity).await {
                 Ok((stream, other)) => Ok((stream, Some(other))),
-                Err(e) => Err((status_of(&e), message_of(&e))),
+                Err(e) => Err(e.to_status()),
             };
         }
         let why = format!("device {device} is not connected");
@@ -198,31 +187,6 @@ async fn reach(
     bridge::ask_device(&online.session, &incoming)
         .await
         .map(|s| (s, None))
-}
-
-/// The text of a cross-relay open's failure without the kind's prefix, which the caller's
-/// own client adds again (`unavailable: …`, not `unavailable: unavailable: …`).
-fn message_of(e: &DialError) -> String {
-    match e {
-        DialError::Denied(m)
-        | DialError::DeviceOffline(m)
-        | DialError::UnknownService(m)
-        | DialError::TargetRefused(m)
-        | DialError::Unavailable(m) => m.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// The answer for a cross-relay open that failed: what the other relay answered, or
-/// `unavailable` when it could not be reached.
-fn status_of(e: &DialError) -> StatusCode {
-    match e.kind() {
-        ErrorKind::Denied => StatusCode::Denied,
-        ErrorKind::DeviceOffline => StatusCode::DeviceOffline,
-        ErrorKind::UnknownService => StatusCode::UnknownService,
-        ErrorKind::TargetRefused => StatusCode::TargetRefused,
-        _ => StatusCode::Unavailable,
-    }
 }
 
 /// The devices the session's identity may reach: those seen since start and those its

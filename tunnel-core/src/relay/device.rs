@@ -2,18 +2,17 @@
 //! credential and the registry, its public ports bound), its welcome, and its session.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tracing::{Instrument, info, info_span, warn};
 
+use super::cluster::{CLAIM_TIMEOUT, ClaimRefused, Cluster, DeviceClaim};
 use super::events::{Event, SessionRole};
 use super::handshake::{Accepted, refuse};
 use super::registry::{Claim, Online};
 use super::session::{Ctx, Registered, prepare, send_welcome, serve, start, welcome};
 use super::{Inner, public};
 use crate::protocol::RefusalCode;
-
-use super::cluster::{CLAIM_TIMEOUT, ClaimRefused, Cluster, DeviceClaim};
-use std::sync::atomic::Ordering;
 
 /// Releases a cluster claim when the registration ends, however it ends.
 struct ClaimGuard {

@@ -103,29 +103,13 @@ async fn handle_stream(
             access::open(&relay, stream, &ctx.identity, device, service).await
         }
         (Message::List, Some(ctx)) => access::list(&relay, stream, &ctx).await,
-        (
-            Message::Forward {
-                device,
-                service,
-                principal,
-                caller,
-                origin,
-            },
-            Some(ctx),
-        ) if ctx.identity.is_relay_peer() => {
-            let header = access::Forward {
-                device,
-                service,
-                principal,
-                caller,
-                origin,
-            };
+        (Message::Forward(header), Some(ctx)) if ctx.identity.is_relay_peer() => {
             access::forwarded(&relay, stream, header).await
         }
         (other, access) => {
             let why = if access.is_none() {
                 "devices may only open the control stream"
-            } else if matches!(other, Message::Forward { .. }) {
+            } else if matches!(other, Message::Forward(_)) {
                 "only a relay of the cluster may forward streams"
             } else {
                 "unexpected header"
