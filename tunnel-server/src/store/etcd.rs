@@ -162,9 +162,20 @@ impl EtcdStore {
         }
     }
 
-    /// Whether the cluster answers now, with a leader (for readiness).
-    pub async fn healthy(&self) -> bool {
-        self.get("_ping").await.is_ok()
+    /// Runs `ops` as one transaction if every compare holds (none: always).
+    async fn txn(
+        &self,
+        what: &str,
+        compares: Vec<Compare>,
+        ops: Vec<TxnOp>,
+    ) -> Result<etcd_client::TxnResponse, StoreError> {
+        let txn = Txn::new().when(compares).and_then(ops);
+        timed(what, || {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 }
 
@@ -196,17 +207,14 @@ impl Store for EtcdStore {
             if let Some(l) = lease {
                 options = options.with_lease(l.0);
             }
-            let mut txn = Txn::new();
-            if let Some(c) = self.compare(key, expect) {
-                txn = txn.when(vec![c]);
-            }
-            let txn = txn.and_then(vec![TxnOp::put(self.full(key), value, Some(options))]);
-            let resp = timed("a write", || {
-                let mut kv = self.client.kv_client();
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await?;
+            let put = TxnOp::put(self.full(key), value, Some(options));
+            let resp = self
+                .txn(
+                    "a write",
+                    self.compare(key, expect).into_iter().collect(),
+                    vec![put],
+                )
+                .await?;
             if !resp.succeeded() {
                 return Err(StoreError::Conflict { key: key.into() });
             }
@@ -236,13 +244,7 @@ impl Store for EtcdStore {
                 .iter()
                 .map(|(k, v, _)| TxnOp::put(self.full(k), v.clone(), None))
                 .collect();
-            let txn = Txn::new().when(compares).and_then(ops);
-            let resp = timed("a transaction", || {
-                let mut kv = self.client.kv_client();
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await?;
+            let resp = self.txn("a transaction", compares, ops).await?;
             if resp.succeeded() {
                 Ok(())
             } else {
@@ -258,18 +260,14 @@ impl Store for EtcdStore {
         expect: Expect,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
         Box::pin(async move {
-            let mut txn = Txn::new();
-            if let Some(c) = self.compare(key, expect) {
-                txn = txn.when(vec![c]);
-            }
             let op = TxnOp::delete(self.full(key), Some(DeleteOptions::new().with_prev_key()));
-            let txn = txn.and_then(vec![op]);
-            let resp = timed("a delete", || {
-                let mut kv = self.client.kv_client();
-                let txn = txn.clone();
-                async move { kv.txn(txn).await }
-            })
-            .await?;
+            let resp = self
+                .txn(
+                    "a delete",
+                    self.compare(key, expect).into_iter().collect(),
+                    vec![op],
+                )
+                .await?;
             if !resp.succeeded() {
                 return Err(StoreError::Conflict { key: key.into() });
             }
