@@ -538,13 +538,15 @@ struct Live {
 }
 
 impl Live {
-    /// Adds the cluster's presence of the devices from `first` to `last` (one page).
+    /// Holds the cluster's presence of the devices from `first` to `last` (one page), in
+    /// place of the previous page's.
     async fn with_presence(
         mut self,
         s: &ApiState,
         first: Option<&str>,
         last: Option<&str>,
     ) -> Result<Self, ApiError> {
+        self.presence.clear();
         let (Some(cluster), Some(first), Some(last)) = (&s.cluster, first, last) else {
             return Ok(self);
         };
@@ -646,13 +648,15 @@ async fn list_devices(
     let mut after = f.after.map(|a| format!("{DEVICE}{a}"));
     let mut items = Vec::new();
     // Page through the store until the page is full: filters may skip records.
+    // This relay's sessions once per request; the cluster's presence once per batch.
+    let mut live = live(&s);
     loop {
         let batch = s.store.list(&prefix, after.as_deref(), MAX_PAGE).await?;
         let done = batch.len() < MAX_PAGE;
         after = batch.last().map(|(k, _)| k.clone());
         let first = batch.first().and_then(|(k, _)| k.strip_prefix(DEVICE));
         let last = batch.last().and_then(|(k, _)| k.strip_prefix(DEVICE));
-        let live = live(&s).with_presence(&s, first, last).await?;
+        live = live.with_presence(&s, first, last).await?;
         for (_, v) in batch {
             let Ok(r) = serde_json::from_slice::<DeviceRecord>(&v.value) else {
                 continue;

@@ -112,9 +112,9 @@ impl Links {
     }
 }
 
-/// Whether an error says the peer relay itself could not be reached (rather than what it
+/// Whether an error says the link to the peer relay failed (rather than what the peer
 /// answered about the device).
-fn peer_failed(e: &DialError) -> bool {
+fn link_broke(e: &DialError) -> bool {
     matches!(
         e.kind(),
         ErrorKind::Connect
@@ -169,27 +169,23 @@ impl RelayCluster {
                 return Err(unreachable("it has left the cluster".into()));
             };
             let links = &self.inner.links;
-            let dialer = match links.link(&peer).await {
-                Ok(d) => d,
-                Err(e) => {
-                    // No link at all: the peer is down, cut off, or not who its record says.
-                    metrics::counter!("tunnel_cluster_forwarded_total", "result" => "peer_unreachable").increment(1);
-                    lock(&links.failing).insert(relay_id.clone(), e.to_string());
-                    return Err(unreachable(e.to_string()));
+            // The peer is down, cut off, or not who its record says: no link at all, or
+            // one that broke or stopped answering.
+            let peer_failed = |e: DialError, forget: bool| {
+                metrics::counter!("tunnel_cluster_forwarded_total", "result" => "peer_unreachable")
+                    .increment(1);
+                if forget {
+                    links.forget(&relay_id);
                 }
+                lock(&links.failing).insert(relay_id.clone(), e.to_string());
+                unreachable(e.to_string())
             };
-            let opened = async {
-                match tokio::time::timeout(
-                    PEER_OPEN_TIMEOUT,
-                    dialer.forward(device, service, caller, self.relay_id()),
-                )
+            let dialer = links.link(&peer).await.map_err(|e| peer_failed(e, false))?;
+            let forward = dialer.forward(device, service, caller, self.relay_id());
+            let opened = tokio::time::timeout(PEER_OPEN_TIMEOUT, forward)
                 .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(DialError::Timeout),
-                }
-            };
-            match opened.await {
+                .unwrap_or(Err(DialError::Timeout));
+            match opened {
                 Ok(stream) => {
                     lock(&links.failing).remove(&relay_id);
                     metrics::counter!("tunnel_cluster_forwarded_total", "result" => "ok")
@@ -205,12 +201,7 @@ impl RelayCluster {
                     );
                     last = Some(DialError::DeviceOffline(why));
                 }
-                Err(e) if peer_failed(&e) => {
-                    metrics::counter!("tunnel_cluster_forwarded_total", "result" => "peer_unreachable").increment(1);
-                    links.forget(&relay_id);
-                    lock(&links.failing).insert(relay_id.clone(), e.to_string());
-                    return Err(unreachable(e.to_string()));
-                }
+                Err(e) if link_broke(&e) => return Err(peer_failed(e, true)),
                 Err(e) => return Err(e),
             }
         }

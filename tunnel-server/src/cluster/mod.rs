@@ -43,6 +43,9 @@ use crate::store::{Expect, LeaseId, Store, StoreError};
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the lease is kept alive: three tries within one TTL.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
+/// The store counts as down (`/readyz`) once the lease keeper has not reached it for this
+/// long: one failed keep-alive (a request caught in a leader election) is not an outage.
+const STORE_DOWN_AFTER: Duration = Duration::from_secs(6);
 /// How often the relay record's session counts are refreshed (when they changed).
 const RECORD_EVERY: Duration = Duration::from_secs(10);
 
@@ -61,11 +64,12 @@ pub struct ClusterConfig {
 /// Whether the cluster works as seen from this relay, for `/readyz`.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Health {
-    /// The store answered the last lease keep-alive.
+    /// The lease keeper reached the store within the last few seconds (one failed
+    /// keep-alive, as in a leader election, does not count as down).
     pub store: bool,
     /// This relay holds a live lease (its presence is visible to the others).
     pub lease: bool,
-    /// The last store error, if the last request failed.
+    /// While the store counts as down: the last error.
     pub store_error: Option<String>,
     /// Peers whose link failed on its last use, with why.
     pub peers_failing: HashMap<String, String>,
@@ -86,7 +90,8 @@ struct Inner {
     lease: Mutex<Option<LeaseId>>,
     /// Devices this relay holds: device → (nonce, principal).
     held: Mutex<HashMap<String, presence::Held>>,
-    health: Mutex<Health>,
+    /// When the lease keeper last reached the store, and its last error since.
+    store_health: Mutex<(Option<tokio::time::Instant>, Option<String>)>,
     /// Set when claiming the held devices again under a new lease did not finish.
     reclaim_pending: std::sync::atomic::AtomicBool,
     links: links::Links,
@@ -108,12 +113,7 @@ impl RelayCluster {
                 relay: OnceLock::new(),
                 lease: Mutex::new(None),
                 held: Mutex::new(HashMap::new()),
-                health: Mutex::new(Health {
-                    store: false,
-                    lease: false,
-                    store_error: None,
-                    peers_failing: HashMap::new(),
-                }),
+                store_health: Mutex::new((None, Some("not started".into()))),
                 reclaim_pending: std::sync::atomic::AtomicBool::new(false),
                 links,
                 stop: CancellationToken::new(),
@@ -166,9 +166,13 @@ impl RelayCluster {
 
     /// Whether the cluster works as seen from here.
     pub fn health(&self) -> Health {
-        let mut h = lock(&self.inner.health).clone();
-        h.peers_failing = self.inner.links.failing();
-        h
+        let (up, error) = self.store_up();
+        Health {
+            store: up,
+            lease: lock(&self.inner.lease).is_some(),
+            store_error: if up { None } else { error },
+            peers_failing: self.inner.links.failing(),
+        }
     }
 
     /// Every relay of the cluster, from the store.
@@ -200,13 +204,25 @@ impl RelayCluster {
         self.inner.relay.get()
     }
 
+    /// Whether the store counts as up (see [`STORE_DOWN_AFTER`]), and its last error.
+    fn store_up(&self) -> (bool, Option<String>) {
+        let (last_ok, error) = lock(&self.inner.store_health).clone();
+        let up = last_ok.is_some_and(|t| t.elapsed() < STORE_DOWN_AFTER);
+        (up, error)
+    }
+
     fn set_store_health(&self, result: Result<(), &StoreError>) {
-        let mut h = lock(&self.inner.health);
-        h.store = result.is_ok();
-        h.store_error = result.err().map(ToString::to_string);
-        h.lease = lock(&self.inner.lease).is_some();
-        metrics::gauge!("tunnel_cluster_store_up").set(f64::from(u8::from(h.store)));
-        metrics::gauge!("tunnel_cluster_lease_held").set(f64::from(u8::from(h.lease)));
+        {
+            let mut h = lock(&self.inner.store_health);
+            match result {
+                Ok(()) => *h = (Some(tokio::time::Instant::now()), None),
+                Err(e) => h.1 = Some(e.to_string()),
+            }
+        }
+        let up = self.store_up().0;
+        let lease = lock(&self.inner.lease).is_some();
+        metrics::gauge!("tunnel_cluster_store_up").set(f64::from(u8::from(up)));
+        metrics::gauge!("tunnel_cluster_lease_held").set(f64::from(u8::from(lease)));
     }
 
     /// Takes a new lease, publishes this relay under it and claims again every device it
