@@ -18,12 +18,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-use tunnel_benches::procs::{build_release_binaries, fleet_token_file, release_bins};
+use tunnel_benches::procs::{
+    build_release_binaries, fleet_token_file, register_fleet, release_bins,
+};
 use tunnel_benches::servers::Servers;
 use tunnel_benches::workload::{Target, round_trips, transfer};
 use tunnel_benches::{WAIT, env_or, median};
-use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, ListenerState, SpkiPin, Token};
+use tunnel_core::{ClientConfig, Dialer, Listener, ListenerState, SpkiPin, Token};
 use tunnel_testkit::{Etcd, Proc, fresh_dir, rss_kib};
 
 /// Registrations in flight at once: under each relay's per-source handshake cap (32).
@@ -285,24 +286,10 @@ async fn fleet(n: usize) {
         .map(|p| rss_kib(p.pid()))
         .collect();
     // Registration: every device knows the three relays and starts on a random one.
-    let gate = Arc::new(Semaphore::new(CONCURRENT_REGISTRATIONS));
     let start = Instant::now();
     let (w0, r0) = (cluster.etcd_writes().await, cluster.etcd_requests().await);
-    let mut joins = Vec::with_capacity(n);
-    for (i, token) in tokens.iter().enumerate() {
-        let config = DeviceConfig::new(cluster.all(token), format!("dev-{i}")).service("ssh");
-        let gate = gate.clone();
-        joins.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.expect("gate");
-            let l = Listener::bind(config).await.expect("register");
-            l.wait_connected(WAIT).await.expect("connected");
-            l
-        }));
-    }
-    let mut listeners = Vec::with_capacity(n);
-    for j in joins {
-        listeners.push(j.await.expect("join"));
-    }
+    let clients = tokens.iter().enumerate().map(|(i, t)| (i, cluster.all(t)));
+    let listeners = register_fleet(clients, CONCURRENT_REGISTRATIONS).await;
     let took = start.elapsed().as_secs_f64();
     let (w1, r1) = (cluster.etcd_writes().await, cluster.etcd_requests().await);
     println!(

@@ -8,13 +8,13 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
-use tunnel_benches::procs::{build_release_binaries, fleet_token_file, release_bins};
+use tunnel_benches::procs::{
+    build_release_binaries, fleet_token_file, register_fleet, release_bins,
+};
 use tunnel_benches::{WAIT, env_or};
-use tunnel_core::{ClientConfig, DeviceConfig, Listener, ListenerState, SpkiPin};
+use tunnel_core::{ClientConfig, ListenerState, SpkiPin};
 use tunnel_testkit::{Proc, fresh_dir, http, rss_kib};
 
 /// Registrations in flight at once: under the relay's per-source handshake cap (32).
@@ -84,27 +84,12 @@ async fn run(n: usize, requests: usize) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let base = rss_kib(relay.pid());
 
-    let gate = Arc::new(Semaphore::new(CONCURRENT_REGISTRATIONS));
     let started = Instant::now();
-    let mut joins = Vec::new();
-    for (i, token) in tokens.iter().enumerate() {
-        let config = DeviceConfig::new(
-            ClientConfig::new(addr.clone(), pin).token(token.clone()),
-            format!("dev-{i}"),
-        )
-        .service("ssh");
-        let gate = gate.clone();
-        joins.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await.expect("gate");
-            let l = Listener::bind(config).await.expect("register");
-            l.wait_connected(WAIT).await.expect("connected");
-            l
-        }));
-    }
-    let mut listeners = Vec::with_capacity(n);
-    for j in joins {
-        listeners.push(j.await.expect("join"));
-    }
+    let clients = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i, ClientConfig::new(addr.clone(), pin).token(t.clone())));
+    let listeners = register_fleet(clients, CONCURRENT_REGISTRATIONS).await;
     println!(
         "{n} devices registered in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Semaphore;
 use tunnel_benches::procs::{
-    Tunnel, TunnelOptions, build_release_binaries, fleet_token_file, release_bins,
+    Tunnel, TunnelOptions, build_release_binaries, fleet_token_file, register_fleet, release_bins,
 };
 use tunnel_benches::servers::Servers;
 use tunnel_benches::workload::{Duplex, Target, transfer};
 use tunnel_benches::{WAIT, env_or};
-use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, SpkiPin};
+use tunnel_core::{ClientConfig, Dialer, Listener, SpkiPin};
 use tunnel_testkit::{Proc, cpu_secs, fresh_dir, rss_kib};
 
 /// Registrations in flight at once: under the relay's per-source handshake cap (32).
@@ -74,27 +73,15 @@ async fn devices(steps: &[usize]) {
         "devices", "relay RSS", "per device", "register time"
     );
     let mut listeners: Vec<Listener> = Vec::with_capacity(max);
-    let gate = Arc::new(Semaphore::new(CONCURRENT_REGISTRATIONS));
     for &n in steps {
         let start = Instant::now();
-        let mut joins = Vec::new();
-        for (i, token) in tokens.iter().enumerate().take(n).skip(listeners.len()) {
-            let config = DeviceConfig::new(
-                ClientConfig::new(addr.clone(), pin).token(token.clone()),
-                format!("dev-{i}"),
-            )
-            .service("ssh");
-            let gate = gate.clone();
-            joins.push(tokio::spawn(async move {
-                let _permit = gate.acquire_owned().await.expect("gate");
-                let l = Listener::bind(config).await.expect("register");
-                l.wait_connected(WAIT).await.expect("connected");
-                l
-            }));
-        }
-        for j in joins {
-            listeners.push(j.await.expect("join"));
-        }
+        let clients = tokens
+            .iter()
+            .enumerate()
+            .take(n)
+            .skip(listeners.len())
+            .map(|(i, t)| (i, ClientConfig::new(addr.clone(), pin).token(t.clone())));
+        listeners.extend(register_fleet(clients, CONCURRENT_REGISTRATIONS).await);
         let took = start.elapsed();
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss = rss_kib(relay.pid());

@@ -186,3 +186,31 @@ pub fn fleet_token_file(path: &Path, n: usize) -> Vec<Token> {
     file.save(path).expect("token file");
     tokens
 }
+
+/// Registers a fleet of devices (`ssh` each) as `dev-<i>` for every `(i, client)`, at most
+/// `in_flight` handshakes at once (stay under the relay's per-source cap of 32: every
+/// device here shares one address), and waits until each is connected.
+pub async fn register_fleet(
+    clients: impl IntoIterator<Item = (usize, tunnel_core::ClientConfig)>,
+    in_flight: usize,
+) -> Vec<tunnel_core::Listener> {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let joins: Vec<_> = clients
+        .into_iter()
+        .map(|(i, client)| {
+            let config = tunnel_core::DeviceConfig::new(client, format!("dev-{i}")).service("ssh");
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let _permit = gate.acquire_owned().await.expect("gate");
+                let l = tunnel_core::Listener::bind(config).await.expect("register");
+                l.wait_connected(WAIT).await.expect("connected");
+                l
+            })
+        })
+        .collect();
+    let mut listeners = Vec::with_capacity(joins.len());
+    for j in joins {
+        listeners.push(j.await.expect("join"));
+    }
+    listeners
+}
