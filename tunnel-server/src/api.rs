@@ -347,6 +347,9 @@ async fn readyz(State(s): State<ApiState>) -> Result<String, ApiError> {
     let Some(cluster) = &s.cluster else {
         return Ok("ready".into());
     };
+    // The read above reached the store: it is up now, even if the lease keeper's last
+    // keep-alive fell into a leader election.
+    cluster.store_answered();
     let health = cluster.health();
     if !health.store || !health.lease {
         let why = health

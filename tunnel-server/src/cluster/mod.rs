@@ -43,6 +43,9 @@ use crate::store::{Expect, LeaseId, Store, StoreError};
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often the lease is kept alive: three tries within one TTL.
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(3);
+/// How soon a failed keep-alive is tried again: a leader election ends within a few
+/// seconds, and the lease must be kept alive before its TTL runs out.
+const KEEPALIVE_RETRY: Duration = Duration::from_secs(1);
 /// The store counts as down (`/readyz`) once the lease keeper has not reached it for this
 /// long: one failed keep-alive (a request caught in a leader election) is not an outage.
 const STORE_DOWN_AFTER: Duration = Duration::from_secs(6);
@@ -204,6 +207,13 @@ impl RelayCluster {
         self.inner.relay.get()
     }
 
+    /// Records that the store just answered a request (`/readyz` reads it too): it is up,
+    /// whatever the lease keeper's last attempt met (a keep-alive caught in a leader
+    /// election fails, though the store answers again a moment later).
+    pub fn store_answered(&self) {
+        self.set_store_health(Ok(()));
+    }
+
     /// Whether the store counts as up (see [`STORE_DOWN_AFTER`]), and its last error.
     fn store_up(&self) -> (bool, Option<String>) {
         let (last_ok, error) = lock(&self.inner.store_health).clone();
@@ -285,11 +295,13 @@ impl RelayCluster {
     async fn keep_lease(&self) {
         let mut last_ok = tokio::time::Instant::now();
         let mut last_record = tokio::time::Instant::now();
+        let mut pause = KEEPALIVE_EVERY;
         loop {
             tokio::select! {
                 () = self.inner.stop.cancelled() => return,
-                () = tokio::time::sleep(KEEPALIVE_EVERY) => {}
+                () = tokio::time::sleep(pause) => {}
             }
+            pause = KEEPALIVE_EVERY;
             let lease = *lock(&self.inner.lease);
             let Some(lease) = lease else {
                 match self.establish().await {
@@ -327,6 +339,7 @@ impl RelayCluster {
                 }
                 Err(e) => {
                     warn!(error = %e, "lease keep-alive failed");
+                    pause = KEEPALIVE_RETRY;
                     if last_ok.elapsed() >= LEASE_TTL {
                         // The store has surely dropped it by now.
                         *lock(&self.inner.lease) = None;
