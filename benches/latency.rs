@@ -5,8 +5,9 @@
 //!   access client's existing session) and get the first echoed byte back.
 //!
 //! Transports: `tcp` (direct), `forwarder` (one-hop TCP forwarder, no crypto), `public`
-//! (the relay's public port) and `private` (access client through the relay). After the
-//! criterion groups, a percentile pass prints p50 / p99 per transport.
+//! (the relay's public port), `private` (access client through the relay) and
+//! `private-early` (the same, opened with `dial_early`: the first bytes go with the
+//! open). After the criterion groups, a percentile pass prints p50 / p99 per transport.
 //!
 //! `cargo bench -p tunnel-benches --bench latency [-- FILTER]` (env `BENCH_SAMPLES`, default
 //! 2000 round trips and a quarter as many new streams per transport in the percentile pass).
@@ -49,6 +50,14 @@ fn main() {
         (
             "private",
             Target::Private {
+                dialer: dialer.clone(),
+                device: "bench".into(),
+                service: "echo".into(),
+            },
+        ),
+        (
+            "private-early",
+            Target::Early {
                 dialer: dialer.clone(),
                 device: "bench".into(),
                 service: "echo".into(),

@@ -34,6 +34,15 @@ pub enum Target {
         /// Service name.
         service: String,
     },
+    /// As `Private`, opened with `Dialer::dial_early`: the first bytes go with the open.
+    Early {
+        /// The access side's session.
+        dialer: Arc<Dialer>,
+        /// Device ID.
+        device: String,
+        /// Service name.
+        service: String,
+    },
 }
 
 impl Target {
@@ -56,6 +65,11 @@ impl Target {
                 device,
                 service,
             } => Ok(Box::new(dialer.dial(device, service).await?)),
+            Self::Early {
+                dialer,
+                device,
+                service,
+            } => Ok(Box::new(dialer.dial_early(device, service).await?)),
         }
     }
 }

@@ -9,9 +9,14 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::error::DialError;
 use crate::mux::{RawStream, SessionState};
+use crate::protocol::{
+    FrameError, FrameReader, MAX_HEADER_LEN, Message, STREAM_OPEN_TIMEOUT, StatusCode,
+};
 
 /// One tunnelled, ordered, reliable byte stream: tokio `AsyncRead + AsyncWrite`.
 ///
@@ -21,6 +26,8 @@ use crate::mux::{RawStream, SessionState};
 ///   fail with `ConnectionReset`; an abrupt failure never looks like a clean end of stream.
 ///   One limit: after *you* have shut down your write half, a reset by the far side reads
 ///   as end of stream (yamux cannot tell the two apart once both halves are closed).
+/// - A stream from [`Dialer::dial_early`](crate::Dialer::dial_early) reads the relay's
+///   answer on its first read: a refusal is that read's error (see there).
 pub struct Stream {
     inner: RawStream,
     session: Arc<SessionState>,
@@ -28,6 +35,8 @@ pub struct Stream {
     /// reader or writer outlives its session.
     ended: Pin<Box<WaitForCancellationFutureOwned>>,
     write_closed: bool,
+    /// The opener's answer, when it is read lazily (early data).
+    answer: Answer,
     /// This stream's slot in the session's stream limit, freed on drop.
     _permit: OwnedSemaphorePermit,
 }
@@ -44,8 +53,74 @@ impl Stream {
             session,
             ended,
             write_closed: false,
+            answer: Answer::Ok,
             _permit: permit,
         }
+    }
+
+    /// The opener's answer (a [`Message::Status`]) comes first in the stream and is read
+    /// by the first read, within [`STREAM_OPEN_TIMEOUT`]; bytes written before it are
+    /// early data.
+    pub(crate) fn expect_answer(&mut self) {
+        self.answer = Answer::Pending(Box::new(Pending {
+            reader: FrameReader::new(MAX_HEADER_LEN),
+            written: 0,
+            deadline: Box::pin(tokio::time::sleep(STREAM_OPEN_TIMEOUT)),
+        }));
+    }
+
+    /// Reads the answer if it is pending: `Ready(Ok)` once the stream is open.
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let pending = match &mut self.answer {
+            Answer::Ok => return Poll::Ready(Ok(())),
+            Answer::Failed { kind, text } => {
+                return Poll::Ready(Err(io::Error::new(*kind, text.clone())));
+            }
+            Answer::Pending(p) => p,
+        };
+        let undelivered = pending.written;
+        let error = match pending.reader.poll_read(cx, &mut self.inner) {
+            Poll::Ready(Ok(Message::Status {
+                code: StatusCode::Ok,
+                ..
+            })) => {
+                self.answer = Answer::Ok;
+                return Poll::Ready(Ok(()));
+            }
+            Poll::Ready(Ok(Message::Status { code, message })) => {
+                let message = if undelivered > 0 {
+                    format!(
+                        "{message} (the {undelivered} bytes written before this answer were not delivered)"
+                    )
+                } else {
+                    message
+                };
+                let e = DialError::from_status(code, message);
+                io::Error::new(io::ErrorKind::ConnectionRefused, e)
+            }
+            Poll::Ready(Ok(other)) => {
+                let e = DialError::Protocol(format!("expected status, got {}", other.name()));
+                io::Error::new(io::ErrorKind::InvalidData, e)
+            }
+            Poll::Ready(Err(FrameError::Io(e))) => reset_if_dead(e, &self.session),
+            Poll::Ready(Err(e)) => io::Error::new(
+                io::ErrorKind::InvalidData,
+                DialError::Protocol(e.to_string()),
+            ),
+            Poll::Pending => {
+                if pending.deadline.as_mut().poll(cx).is_ready() {
+                    io::Error::new(io::ErrorKind::TimedOut, DialError::Timeout)
+                } else {
+                    return self.pending_or_lost(cx);
+                }
+            }
+        };
+        // The first failure carries the typed error; later calls repeat its text.
+        self.answer = Answer::Failed {
+            kind: error.kind(),
+            text: error.to_string(),
+        };
+        Poll::Ready(Err(error))
     }
 
     /// Turns `Pending` into a reset once the session has ended.
@@ -55,6 +130,23 @@ impl Stream {
             Poll::Pending => Poll::Pending,
         }
     }
+}
+
+/// Whether a stream's answer is still to be read (see [`Stream::expect_answer`]).
+enum Answer {
+    /// Open: the answer was `ok`, or the stream was handed over open.
+    Ok,
+    /// Not read yet.
+    Pending(Box<Pending>),
+    /// Refused or broken before it opened: every later read and write fails.
+    Failed { kind: io::ErrorKind, text: String },
+}
+
+struct Pending {
+    reader: FrameReader,
+    /// Early data written meanwhile, for the refusal's message.
+    written: u64,
+    deadline: Pin<Box<Sleep>>,
 }
 
 fn lost() -> io::Error {
@@ -75,8 +167,11 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let this = &mut *self;
+        if !matches!(this.answer, Answer::Ok) {
+            std::task::ready!(this.poll_answer(cx))?;
+        }
+        let before = buf.filled().len();
         let Poll::Ready(res) = Pin::new(&mut this.inner).poll_read(cx, buf) else {
             return this.pending_or_lost(cx);
         };
@@ -104,8 +199,18 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        // Only a known refusal stops a write: polling the answer here would take the read
+        // side's wakeup from a task that reads.
+        if let Answer::Failed { kind, text } = &this.answer {
+            return Poll::Ready(Err(io::Error::new(*kind, text.clone())));
+        }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(res) => Poll::Ready(res.map_err(|e| reset_if_dead(e, &this.session))),
+            Poll::Ready(res) => {
+                if let (Ok(n), Answer::Pending(p)) = (&res, &mut this.answer) {
+                    p.written += *n as u64;
+                }
+                Poll::Ready(res.map_err(|e| reset_if_dead(e, &this.session)))
+            }
             Poll::Pending => this.pending_or_lost(cx),
         }
     }

@@ -109,6 +109,54 @@ impl Dialer {
         self.open_with(&header).await
     }
 
+    /// Like [`dial`](Self::dial), but returns as soon as the request is sent, so what you
+    /// write next travels with it: the reply to a first request (an HTTP `GET`, an MQTT
+    /// `CONNECT`) comes back in one round trip through relay and device instead of two.
+    ///
+    /// The relay's answer is read by the stream's **first read**:
+    /// - If the stream was refused (denied, device offline, unknown service, target
+    ///   refused…), that read fails with an [`io::Error`] whose inner error is the
+    ///   [`DialError`] (`e.get_ref()` and `downcast_ref::<DialError>()`); its message counts
+    ///   the bytes written before the answer, which were **not delivered**. Later reads and
+    ///   writes fail too.
+    /// - Writes before that read succeed once buffered, not once delivered: count nothing
+    ///   as delivered before a read has returned.
+    /// - A name error or a lost session still fails here, before anything is sent.
+    ///
+    /// For a protocol where the server speaks first (SSH), there is nothing to gain: use
+    /// [`dial`](Self::dial), whose errors come at once.
+    ///
+    /// ```no_run
+    /// # async fn run(dialer: tunnel_core::Dialer) -> std::io::Result<()> {
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// let mut stream = dialer.dial_early("pi-42", "web").await.map_err(std::io::Error::other)?;
+    /// stream.write_all(b"GET / HTTP/1.0\r\n\r\n").await?; // goes out with the open
+    /// let mut page = Vec::new();
+    /// stream.read_to_end(&mut page).await?; // a refusal is this read's error
+    /// # Ok(()) }
+    /// ```
+    pub async fn dial_early(&self, device: &str, service: &str) -> Result<Stream, DialError> {
+        check_names(device, service)?;
+        let header = Message::Open {
+            device: device.to_owned(),
+            service: service.to_owned(),
+        };
+        let mut stream = self.open_stream().await?;
+        match tokio::time::timeout(
+            STREAM_OPEN_TIMEOUT,
+            protocol::write_frame(&mut stream, &header),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(protocol::FrameError::Io(e))) => return Err(DialError::ConnectionLost(e)),
+            Ok(Err(e)) => return Err(DialError::Protocol(e.to_string())),
+            Err(_) => return Err(DialError::Timeout),
+        }
+        stream.expect_answer();
+        Ok(stream)
+    }
+
     /// For a relay of a cluster, on its link to a peer relay: opens a stream to `service`
     /// on `device`, held by the peer, on behalf of `caller`, whom this relay authenticated.
     /// The peer checks the caller's own grants and answers as [`dial`](Self::dial) would.
@@ -185,10 +233,25 @@ impl Dialer {
         header: &Message,
         max_reply: usize,
     ) -> Result<(Stream, Message), DialError> {
+        let mut stream = self.open_stream().await?;
+        let exchange = async {
+            protocol::write_frame(&mut stream, header).await?;
+            protocol::read_frame(&mut stream, max_reply).await
+        };
+        match tokio::time::timeout(STREAM_OPEN_TIMEOUT, exchange).await {
+            Ok(Ok(reply)) => Ok((stream, reply)),
+            Ok(Err(protocol::FrameError::Io(e))) => Err(DialError::ConnectionLost(e)),
+            Ok(Err(e)) => Err(DialError::Protocol(e.to_string())),
+            Err(_) => Err(DialError::Timeout),
+        }
+    }
+
+    /// Opens a new stream on the session, replacing a session that just ended.
+    async fn open_stream(&self) -> Result<Stream, DialError> {
         let mut session = self.session().await?;
         // A session that ends between the check and the open (revoked, relay restarted)
         // has carried nothing of this request yet: one retry on a fresh session is safe.
-        let mut stream = match session.open().await {
+        let stream = match session.open().await {
             Err(OpenError::Closed) => {
                 session = self.session().await?;
                 session.open().await
@@ -201,16 +264,7 @@ impl Dialer {
             }
             OpenError::TooManyStreams | OpenError::Timeout => DialError::Unavailable(e.to_string()),
         })?;
-        let exchange = async {
-            protocol::write_frame(&mut stream, header).await?;
-            protocol::read_frame(&mut stream, max_reply).await
-        };
-        match tokio::time::timeout(STREAM_OPEN_TIMEOUT, exchange).await {
-            Ok(Ok(reply)) => Ok((stream, reply)),
-            Ok(Err(protocol::FrameError::Io(e))) => Err(DialError::ConnectionLost(e)),
-            Ok(Err(e)) => Err(DialError::Protocol(e.to_string())),
-            Err(_) => Err(DialError::Timeout),
-        }
+        Ok(stream)
     }
 
     /// The live session, reconnecting if the previous one died.

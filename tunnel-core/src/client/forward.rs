@@ -72,7 +72,15 @@ async fn join_tcp(mut tcp: TcpStream, mut stream: Stream) {
     match splice(&mut tcp, &mut stream).await {
         Ok((sent, received)) => info!(sent, received, "stream closed"),
         Err(e) => {
-            info!(error = %e, "stream reset");
+            // A stream opened with early data learns of its refusal on its first read.
+            match e
+                .source
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<DialError>())
+            {
+                Some(refused) => warn!(error = %refused, "cannot open stream"),
+                None => info!(error = %e, "stream reset"),
+            }
             let _ = tcp.set_zero_linger();
         }
     }
@@ -80,7 +88,9 @@ async fn join_tcp(mut tcp: TcpStream, mut stream: Stream) {
 
 /// Serves `listener` (a local port such as `127.0.0.1:3000`): each connection is joined to
 /// a new stream to `service` on `device`, until `shutdown` completes. A connection whose
-/// stream cannot be opened is closed with a reset and the error is logged.
+/// stream cannot be opened is closed with a reset and the error is logged. Streams are
+/// opened with [`Dialer::dial_early`]: what the local client sends first travels with the
+/// open, so its first answer comes back in one round trip.
 pub async fn serve_local(
     dialer: Dialer,
     listener: TcpListener,
@@ -99,7 +109,7 @@ pub async fn serve_local(
         let span = info_span!("local", %peer, %device, %service);
         tokio::spawn(
             async move {
-                match dialer.dial(&device, &service).await {
+                match dialer.dial_early(&device, &service).await {
                     Ok(stream) => join_tcp(tcp, stream).await,
                     Err(e) => {
                         warn!(error = %e, "cannot open stream");

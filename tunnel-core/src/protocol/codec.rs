@@ -2,7 +2,10 @@
 //! length, one type byte, then the fields; `PROTOCOL.md` prints the same bytes as test
 //! vectors, checked by the unit tests at the bottom of this file.
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::status::{RefusalCode, StatusCode};
 use super::{
@@ -274,6 +277,59 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     Message::decode(&body)
 }
 
+/// Reads one frame across polls without ever reading past its end, so the bytes after it
+/// (a stream's early data, or its payload after the answer) stay for the next reader.
+/// [`read_frame`] as a poll function, for a reader that must wait on something else too.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    max: usize,
+    /// The length prefix, then the body once the length is known.
+    buf: Vec<u8>,
+    filled: usize,
+}
+
+impl FrameReader {
+    /// A reader of one frame of at most `max` bytes (after the length prefix).
+    pub(crate) fn new(max: usize) -> Self {
+        Self {
+            max,
+            buf: vec![0; 2],
+            filled: 0,
+        }
+    }
+
+    /// Reads on until the frame is complete; an end of stream before that is an error.
+    pub(crate) fn poll_read<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut R,
+    ) -> Poll<Result<Message, FrameError>> {
+        loop {
+            if self.filled == self.buf.len() {
+                let len = usize::from(u16::from_be_bytes([self.buf[0], self.buf[1]]));
+                if self.buf.len() == 2 && len > 0 {
+                    if len > self.max {
+                        return Poll::Ready(Err(FrameError::TooLong { len, max: self.max }));
+                    }
+                    self.buf.resize(2 + len, 0);
+                    continue;
+                }
+                return Poll::Ready(Message::decode(&self.buf[2..]));
+            }
+            let mut rb = ReadBuf::new(&mut self.buf[self.filled..]);
+            ready!(Pin::new(&mut *io).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                let eof = std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "stream ended before its answer",
+                );
+                return Poll::Ready(Err(eof.into()));
+            }
+            self.filled += rb.filled().len();
+        }
+    }
+}
+
 /// Writes a stream's answer ([`Message::Status`]) and flushes it.
 pub(crate) async fn write_status<W: AsyncWrite + Unpin>(
     io: &mut W,
@@ -484,6 +540,13 @@ mod tests {
                 },
                 "000412040178",
             ),
+            (
+                Message::Status {
+                    code: StatusCode::Denied,
+                    message: "no".into(),
+                },
+                "00051201026e6f",
+            ),
             (Message::List, "000113"),
             (
                 Message::DeviceList(vec![DeviceEntry {
@@ -563,6 +626,82 @@ mod tests {
             }
         ));
         assert_eq!(input, &[0x01], "the body must not be consumed");
+    }
+
+    #[tokio::test]
+    async fn frame_reader_stops_at_the_frame_end_and_leaves_early_data_unread() {
+        let status = Message::Status {
+            code: StatusCode::Ok,
+            message: "fine".into(),
+        };
+        let mut wire = status.encode().unwrap();
+        wire.extend_from_slice(b"early bytes");
+        // One byte per read: the reader must carry its state across polls.
+        let mut input = one_byte_reads(&wire);
+        let mut reader = FrameReader::new(MAX_HEADER_LEN);
+        let got = std::future::poll_fn(|cx| reader.poll_read(cx, &mut input))
+            .await
+            .unwrap();
+        assert_eq!(got, status);
+        let mut rest = Vec::new();
+        input.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"early bytes");
+    }
+
+    /// PROTOCOL.md's early-data vector: an acceptor reads the `Open` and leaves `hi`.
+    #[tokio::test]
+    async fn an_open_with_early_data_reads_as_the_header_then_the_data() {
+        let wire: Vec<u8> = "000810027069037373686869"
+            .as_bytes()
+            .chunks(2)
+            .map(|h| u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap())
+            .collect();
+        let mut input: &[u8] = &wire;
+        let header = read_frame(&mut input, MAX_HEADER_LEN).await.unwrap();
+        assert_eq!(
+            header,
+            Message::Open {
+                device: "pi".into(),
+                service: "ssh".into()
+            }
+        );
+        assert_eq!(input, b"hi");
+    }
+
+    #[tokio::test]
+    async fn frame_reader_refuses_an_oversized_length_and_a_truncated_frame() {
+        let mut input: &[u8] = &[0xff, 0xff, 0x01];
+        let mut reader = FrameReader::new(MAX_HEADER_LEN);
+        let err = std::future::poll_fn(|cx| reader.poll_read(cx, &mut input))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::TooLong { len: 65535, .. }));
+        let mut input: &[u8] = &[0x00, 0x05, 0x07];
+        let mut reader = FrameReader::new(MAX_HEADER_LEN);
+        let err = std::future::poll_fn(|cx| reader.poll_read(cx, &mut input))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof));
+    }
+
+    /// A reader that hands out `data` one byte per read.
+    fn one_byte_reads(data: &[u8]) -> OneByte {
+        OneByte(data.to_vec().into())
+    }
+
+    struct OneByte(std::collections::VecDeque<u8>);
+
+    impl AsyncRead for OneByte {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if let Some(b) = self.0.pop_front() {
+                buf.put_slice(&[b]);
+            }
+            Poll::Ready(Ok(()))
+        }
     }
 
     #[tokio::test]

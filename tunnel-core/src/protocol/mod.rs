@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::auth::Token;
 
-pub(crate) use codec::{read_frame, write_frame, write_status};
+pub(crate) use codec::{FrameReader, read_frame, write_frame, write_status};
 pub(crate) use status::{ErrorKind, RefusalCode, StatusCode};
 pub(crate) use validate::is_valid_name;
 

@@ -49,7 +49,7 @@ pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
 /// outcome is counted and, when refused, emitted.
 pub(super) async fn open(
     relay: &Arc<Inner>,
-    stream: Stream,
+    mut stream: Stream,
     identity: &Identity,
     device: String,
     service: String,
@@ -57,7 +57,7 @@ pub(super) async fn open(
     let span = info_span!("stream", caller = identity.name(), %device, %service);
     async {
         let started = Instant::now();
-        let reached = reach(relay, identity, &device, &service, true).await;
+        let reached = reach(relay, &mut stream, identity, &device, &service, true).await;
         answer(
             relay,
             stream,
@@ -76,7 +76,7 @@ pub(super) async fn open(
 /// A peer relay forwards a stream on behalf of a caller it authenticated: the caller's
 /// live identity is resolved here (a revoked or unknown principal is denied), its own
 /// grants checked, and only a device held by this relay is reached.
-pub(super) async fn forwarded(relay: &Arc<Inner>, stream: Stream, header: Forward) {
+pub(super) async fn forwarded(relay: &Arc<Inner>, mut stream: Stream, header: Forward) {
     let Forward {
         device,
         service,
@@ -88,7 +88,7 @@ pub(super) async fn forwarded(relay: &Arc<Inner>, stream: Stream, header: Forwar
     async {
         let started = Instant::now();
         let reached = match relay.authenticator.resolve(&principal).await {
-            Some(identity) => reach(relay, &identity, &device, &service, false)
+            Some(identity) => reach(relay, &mut stream, &identity, &device, &service, false)
                 .await
                 .map(|(s, _)| (s, Some(origin.clone()))),
             None => Err((
@@ -146,9 +146,11 @@ async fn answer(
 /// The checks of an open, in order, and the device's own answer. Grants come first: a
 /// caller must not learn whether a device it may not reach is online. A device that is
 /// not here is looked for in the cluster when `may_forward` (a stream from an access
-/// client; never one a peer relay forwarded, so a stream crosses at most one hop).
+/// client; never one a peer relay forwarded, so a stream crosses at most one hop). What
+/// the caller sent after its header (early data) goes to a local device with the open.
 async fn reach(
     relay: &Inner,
+    caller: &mut Stream,
     identity: &Identity,
     device: &str,
     service: &str,
@@ -184,7 +186,7 @@ async fn reach(
         caller: identity.name().to_owned(),
         peer: String::new(),
     };
-    bridge::ask_device(&online.session, &incoming)
+    bridge::ask_device(&online.session, &incoming, caller)
         .await
         .map(|s| (s, None))
 }

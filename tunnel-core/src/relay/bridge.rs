@@ -19,15 +19,29 @@ use super::Inner;
 use super::events::{Counters, Event, StreamInfo};
 use super::public::reset;
 use crate::mux::Session;
-use crate::protocol::{self, MAX_HEADER_LEN, Message, STREAM_OPEN_TIMEOUT, StatusCode};
+use crate::protocol::{
+    self, FrameReader, MAX_HEADER_LEN, Message, STREAM_OPEN_TIMEOUT, StatusCode,
+};
 use crate::splice::splice;
 use crate::stream::Stream;
 
-/// Opens a stream to the device, sends the `Incoming` header and waits for its answer.
-/// Opening and answering share one [`STREAM_OPEN_TIMEOUT`], the caller's own deadline.
-pub(super) async fn ask_device(
+/// Most of a caller's early data (bytes it sent before the device answered) passed on to
+/// the device while the relay waits for the answer. Below yamux's smallest stream window
+/// (256 KiB), so passing it on never waits for a device that has not accepted yet; the
+/// rest waits for the splice.
+const EARLY_DATA_MAX: usize = 64 * 1024;
+/// Size of one read of early data.
+const EARLY_CHUNK: usize = 16 * 1024;
+
+/// Opens a stream to the device, sends the `Incoming` header and waits for its answer,
+/// passing on meanwhile what the caller has already sent (early data, up to
+/// [`EARLY_DATA_MAX`]), so a first request rides with the open. Opening and answering
+/// share one [`STREAM_OPEN_TIMEOUT`], the caller's own deadline. On a refusal the device
+/// has read none of the early data, and the caller is told it was not delivered.
+pub(super) async fn ask_device<C: AsyncRead + Unpin>(
     session: &Session,
     incoming: &Message,
+    caller: &mut C,
 ) -> Result<Stream, (StatusCode, String)> {
     let unavailable = |m: String| (StatusCode::Unavailable, m);
     let answer = async {
@@ -35,9 +49,7 @@ pub(super) async fn ask_device(
         protocol::write_frame(&mut stream, incoming)
             .await
             .map_err(Ok)?;
-        let reply = protocol::read_frame(&mut stream, MAX_HEADER_LEN)
-            .await
-            .map_err(Ok)?;
+        let reply = read_answer(&mut stream, caller).await.map_err(Ok)?;
         Ok::<_, Result<protocol::FrameError, String>>((stream, reply))
     };
     match tokio::time::timeout(STREAM_OPEN_TIMEOUT, answer).await {
@@ -53,6 +65,50 @@ pub(super) async fn ask_device(
         Ok(Ok((_, other))) => Err(unavailable(format!("device answered {}", other.name()))),
         Ok(Err(Ok(e))) => Err(unavailable(format!("device stream failed: {e}"))),
         Err(_) => Err(unavailable("the device did not answer in time".into())),
+    }
+}
+
+/// Reads the device's answer; until it comes, copies what the caller sends to the device
+/// (at most [`EARLY_DATA_MAX`]; an end of the caller's stream is left for the splice).
+async fn read_answer<C: AsyncRead + Unpin>(
+    device: &mut Stream,
+    caller: &mut C,
+) -> Result<Message, protocol::FrameError> {
+    enum Step {
+        Answer(Result<Message, protocol::FrameError>),
+        Early(io::Result<usize>),
+    }
+    let mut reader = FrameReader::new(MAX_HEADER_LEN);
+    let mut chunk = Vec::new();
+    let mut passed = 0;
+    loop {
+        let step = std::future::poll_fn(|cx| {
+            if let Poll::Ready(answer) = reader.poll_read(cx, device) {
+                return Poll::Ready(Step::Answer(answer));
+            }
+            if passed >= EARLY_DATA_MAX {
+                return Poll::Pending;
+            }
+            if chunk.is_empty() {
+                chunk = vec![0; EARLY_CHUNK.min(EARLY_DATA_MAX - passed)];
+            }
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut *caller).poll_read(cx, &mut buf) {
+                Poll::Ready(res) => Poll::Ready(Step::Early(res.map(|()| buf.filled().len()))),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        match step {
+            Step::Answer(answer) => return answer,
+            // The caller is done sending (or failed): the splice sees it again.
+            Step::Early(Ok(0) | Err(_)) => passed = EARLY_DATA_MAX,
+            Step::Early(Ok(n)) => {
+                tokio::io::AsyncWriteExt::write_all(device, &chunk[..n]).await?;
+                passed += n;
+                chunk.truncate(EARLY_CHUNK.min(EARLY_DATA_MAX - passed));
+            }
+        }
     }
 }
 

@@ -189,7 +189,7 @@ pub(super) async fn public_accept(
 ) {
     info!("public port open");
     loop {
-        let (tcp, peer) = tokio::select! {
+        let (mut tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -223,7 +223,7 @@ pub(super) async fn public_accept(
                     peer: peer.to_string(),
                 };
                 let started = tokio::time::Instant::now();
-                match bridge::ask_device(&session, &incoming).await {
+                match bridge::ask_device(&session, &incoming, &mut tcp).await {
                     Ok(device_stream) => {
                         crate::metrics::stream_result("ok", Some(started.elapsed()));
                         let who = Joined {
