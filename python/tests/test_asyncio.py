@@ -134,6 +134,50 @@ def test_big_transfer_both_ways_with_flow_control(env: Env) -> None:
     run(main(), timeout=120)
 
 
+def test_writing_past_the_hard_queue_limit_without_drain_raises_until_drained(env: Env) -> None:
+    """write() never waits, but a caller that never awaits drain() cannot queue without
+    limit: past 16 MiB queued, write() raises WriteBufferFullError and queues nothing;
+    after drain() writing works again, and every accepted byte arrives."""
+    chunk = b"w" * (1 << 20)
+
+    async def main() -> None:
+        async with listener(env, ["sink"]) as lst:
+            accepted = asyncio.ensure_future(lst.accept())
+            reader, writer = await tunnel.open_connection(device="pi-42", service="sink", **env.creds(env.alice))
+            writer.write(b"!")  # the device sees the stream only once a byte arrives
+            conn = await accepted
+            assert conn is not None
+            # The device reads nothing yet, so the stream's window fills and bytes stay queued.
+            sent = 1
+            with pytest.raises(tunnel.WriteBufferFullError, match="drain"):
+                for _ in range(64):
+                    writer.write(chunk)
+                    sent += len(chunk)
+            assert sent > 16 << 20
+            with pytest.raises(tunnel.WriteBufferFullError):
+                writer.write(b"x")  # still full: refused again, not queued
+
+            async def sink() -> int:
+                got = 0
+                while data := await conn.reader.read(1 << 20):
+                    got += len(data)
+                return got
+
+            received = asyncio.create_task(sink())
+            await writer.drain()
+            # Below the limit again: a single write larger than it is accepted whole.
+            big = b"b" * (17 << 20)
+            writer.write(big)
+            sent += len(big)
+            await writer.drain()
+            writer.write_eof()
+            assert await received == sent
+            writer.close()
+            await writer.wait_closed()
+
+    run(main(), timeout=120)
+
+
 def test_listener_forward_exposes_local_services(env: Env, echo: EchoServer) -> None:
     async def main() -> None:
         async with listener(env, forward={"echo": echo.address}) as lst:

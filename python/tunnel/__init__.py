@@ -31,7 +31,9 @@ Both: :class:`Relay` (in-process relay), :class:`Credential`, :func:`generate_to
 
 Errors derive from :class:`TunnelError`; which one a failure raises comes from the status
 table of ``tunnel-core`` (``ErrorKind``). Errors of an open stream are the builtin
-``OSError`` subclasses a TCP connection raises (``ConnectionResetError``, ...).
+``OSError`` subclasses a TCP connection raises (``ConnectionResetError``, ...), but for
+:class:`WriteBufferFullError`: ``write()`` with more than 16 MiB queued, because the
+caller never awaited ``drain()``.
 
 Deprecated names, still working (each use warns with ``DeprecationWarning``):
 ``Client`` → :class:`Dialer`, ``BlockingClient`` → :class:`BlockingDialer`,
@@ -83,6 +85,7 @@ from ._native import (
     TunnelError,
     UnavailableError,
     UnknownServiceError,
+    WriteBufferFullError,
 )
 from ._relay import Credential, Relay, generate_token
 from ._streams import TunnelReader, TunnelWriter
@@ -157,6 +160,7 @@ __all__ = [
     "ProtocolError",
     "RelayError",
     "InternalError",
+    "WriteBufferFullError",
 ]
 # Deprecated aliases, kept working through __getattr__ (each use warns): "Client",
 # "BlockingClient", "LocalForward". Left out of __all__ so that `from tunnel import *`

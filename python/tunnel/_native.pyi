@@ -53,6 +53,9 @@ class RelayError(TunnelError):
 class InternalError(TunnelError):
     """A bug inside tunnel (a Rust panic); the process is still sound."""
 
+class WriteBufferFullError(TunnelError):
+    """A stream's write queue is over its hard limit: await drain() between writes."""
+
 def generate_token() -> str:
     """A fresh random token (``tun_`` and 256 bits as hex)."""
 
@@ -93,7 +96,8 @@ class Stream:
     def read_blocking(self, n: int, timeout: float | None = None) -> bytes:
         """Blocking ``read``."""
     def write(self, data: bytes) -> None:
-        """Queues ``data``; never waits."""
+        """Queues ``data``; never waits. Raises ``WriteBufferFullError`` once more than
+        16 MiB are queued (await ``drain()`` between writes)."""
     def write_eof(self) -> None:
         """Queues a half-close."""
     def pending(self) -> int:

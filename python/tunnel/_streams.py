@@ -155,7 +155,8 @@ class TunnelWriter:
         return f"<TunnelWriter {self._extra.get('device')}/{self._extra.get('service')}>"
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queues ``data`` for sending."""
+        """Queues ``data`` for sending. Raises :class:`~tunnel.WriteBufferFullError` if more
+        than 16 MiB are already queued: await :meth:`drain` between writes."""
         self._stream.write(data if isinstance(data, bytes) else bytes(data))
 
     def writelines(self, data: Iterable[bytes | bytearray | memoryview]) -> None:

@@ -90,6 +90,12 @@ pub(crate) mod exc {
     );
     pyo3::create_exception!(
         tunnel,
+        WriteBufferFullError,
+        TunnelError,
+        "A stream's write queue is over its hard limit: await drain() between writes."
+    );
+    pyo3::create_exception!(
+        tunnel,
         RelayError,
         TunnelError,
         "The in-process relay could not start or stopped with an error."
@@ -116,6 +122,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("UnavailableError", py.get_type::<UnavailableError>())?;
     m.add("ConnectionLostError", py.get_type::<ConnectionLostError>())?;
     m.add("ProtocolError", py.get_type::<ProtocolError>())?;
+    m.add(
+        "WriteBufferFullError",
+        py.get_type::<WriteBufferFullError>(),
+    )?;
     m.add("RelayError", py.get_type::<RelayError>())?;
     m.add("InternalError", py.get_type::<InternalError>())?;
     m.add_function(wrap_pyfunction!(error_table, m)?)?;
@@ -181,6 +191,15 @@ pub(crate) fn relay_msg(msg: String) -> PyErr {
 /// handles (`ConnectionResetError`, `BrokenPipeError`, ...), as with a TCP socket.
 pub(crate) fn io(e: io::Error) -> PyErr {
     e.into()
+}
+
+/// `write()` past a stream's hard queue limit: a caller that does not await `drain()`.
+/// Not an `OSError`: the stream is fine, and writing again after `drain()` works.
+pub(crate) fn write_buffer_full(pending: usize, limit: usize) -> PyErr {
+    WriteBufferFullError::new_err(format!(
+        "write queue full: {pending} bytes queued, over the {limit}-byte limit; \
+         await drain() before writing more"
+    ))
 }
 
 pub(crate) fn from_panic(panic: &(dyn Any + Send)) -> PyErr {

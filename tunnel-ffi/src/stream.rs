@@ -1,41 +1,82 @@
 //! `Stream`: one tunnelled byte stream, shaped for asyncio transports and plain sockets.
 //!
-//! Reads are awaited directly on the read half. Writes never wait: `write()` queues the
-//! bytes for a writer task that owns the write half (like an asyncio transport's buffer),
-//! and `drain()` waits until the queue is small again. So a caller that writes and then
-//! reads, without draining, still sends its bytes at once.
+//! Reads are awaited directly on the read half. Writes never wait: `write()` appends the
+//! bytes to a queue that a writer task owning the write half empties (like an asyncio
+//! transport's buffer), and `drain()` waits until the queue is small again. So a caller
+//! that writes and then reads, without draining, still sends its bytes at once. The queue
+//! is bounded: past [`WRITE_HARD_LIMIT`] queued bytes, `write()` raises
+//! `WriteBufferFullError` instead of growing it.
+//!
+//! The data path of one byte:
+//! - read: yamux's stream buffer → this stream's read buffer (reused, see [`Reader`]) →
+//!   the `Vec` handed over → a Python `bytes` (pyo3 copies it there, holding the GIL on a
+//!   blocking-pool thread; see `bridge.rs`). Three copies; the middle one is what avoids
+//!   zeroing up to [`MAX_READ`] bytes per read.
+//! - write: Python `bytes` → the write queue (one copy, under the queue lock) → taken
+//!   whole by the writer task → yamux frames of at most 16 KiB.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use pyo3::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{awaitable, block_on, errors};
 
-/// Largest single read: bounds the buffer one `read(n)` allocates.
+/// Largest single read: bounds the read buffer a stream keeps (see [`Reader`]).
 const MAX_READ: usize = 1 << 20;
 /// `drain()` returns once at most this many bytes wait in the write queue (asyncio's
 /// default low-water mark is 16 KiB; larger keeps the tunnel busy while Python refills it).
 const DRAIN_LOW_WATER: usize = 64 * 1024;
+/// `write()` raises once more than this many bytes are queued: the hard cap that keeps a
+/// caller who never awaits `drain()` from growing the queue without limit. Like an asyncio
+/// transport, the queue accepts writes past the drain mark and relies on `drain()` for flow
+/// control; this cap sits far above it (256 × [`DRAIN_LOW_WATER`]) so that only a missing
+/// `drain()` reaches it, never a burst between two drains. A single write is accepted whole
+/// while the queue is at or below the cap, so the queue holds at most the cap plus one write
+/// (whose bytes the caller already held).
+const WRITE_HARD_LIMIT: usize = 16 << 20;
 
-enum Op {
-    Data(Vec<u8>),
-    /// Half-close: the far end reads end of stream; reading goes on.
-    Eof,
+/// The read half and the buffer it reads into.
+///
+/// The core stream is a `Compat<yamux::Stream>`, and tokio-util's `Compat::poll_read`
+/// initialises (zeroes) the whole unfilled part of the buffer before every poll, since a
+/// futures-io reader takes `&mut [u8]`. Reading into fresh capacity therefore zeroed up to
+/// [`MAX_READ`] bytes per read (more than the read itself: yamux hands over what it has
+/// buffered, often one 16 KiB frame). This buffer is zeroed once, when it grows, and
+/// reused; each read copies only the bytes it got out of it. Memory: one buffer per stream
+/// as large as the largest read asked (at most [`MAX_READ`]), released with the read half;
+/// before, every pending read held (and had zeroed) a buffer that large anyway.
+struct Reader {
+    half: ReadHalf<tunnel_core::Stream>,
+    buf: Vec<u8>,
+}
+
+/// The write queue, shared by `write()` and the writer task.
+#[derive(Default)]
+struct Queue {
+    /// Bytes written and not yet taken by the writer task, in order (small writes coalesce).
+    data: Vec<u8>,
+    /// `write_eof()` was called: half-close once `data` is sent; later writes are refused.
+    eof: bool,
+    /// `close()`, `abort()` or drop: the writer sends `data` (unless aborted), then stops.
+    closed: bool,
 }
 
 /// What readers, writers and the writer task share.
 struct Shared {
-    reader: tokio::sync::Mutex<Option<ReadHalf<tunnel_core::Stream>>>,
+    reader: tokio::sync::Mutex<Option<Reader>>,
     /// Cancelled by `close()`/`abort()`: pending reads end, further reads see end of stream.
     closing: CancellationToken,
     /// Cancelled once both halves are released.
     finished: CancellationToken,
-    /// Bytes queued and not yet handed to the tunnel.
+    queue: Mutex<Queue>,
+    /// Woken (with a stored permit) whenever `queue` gains work for the writer task.
+    queued: Notify,
+    /// Bytes queued and not yet handed to the tunnel (in `queue` or being written).
     pending: AtomicUsize,
     /// Woken whenever `pending` shrinks or the writer stops.
     progress: Notify,
@@ -43,7 +84,7 @@ struct Shared {
     error: Mutex<Option<(io::ErrorKind, String)>>,
     writer_done: CancellationToken,
     /// Set by `abort()` before the queue ends, so the writer does not half-close first.
-    aborted: std::sync::atomic::AtomicBool,
+    aborted: AtomicBool,
     /// The access client's session, released only after the stream itself, so that the
     /// stream's last frame (FIN or reset) goes out before the session closes.
     session: Mutex<Option<tunnel_core::Dialer>>,
@@ -54,7 +95,6 @@ struct Shared {
 #[pyclass(frozen, module = "tunnel._native")]
 pub(crate) struct Stream {
     shared: Arc<Shared>,
-    tx: Mutex<Option<mpsc::UnboundedSender<Op>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -65,62 +105,69 @@ impl Stream {
     pub(crate) fn new(stream: tunnel_core::Stream, session: Option<tunnel_core::Dialer>) -> Self {
         let (read, write) = tokio::io::split(stream);
         let shared = Arc::new(Shared {
-            reader: tokio::sync::Mutex::new(Some(read)),
+            reader: tokio::sync::Mutex::new(Some(Reader {
+                half: read,
+                buf: Vec::new(),
+            })),
             closing: CancellationToken::new(),
             finished: CancellationToken::new(),
+            queue: Mutex::new(Queue::default()),
+            queued: Notify::new(),
             pending: AtomicUsize::new(0),
             progress: Notify::new(),
             error: Mutex::new(None),
             writer_done: CancellationToken::new(),
-            aborted: std::sync::atomic::AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
             session: Mutex::new(session),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let shared_for_task = shared.clone();
-        let task = crate::runtime().spawn(writer(write, rx, shared_for_task));
+        let task = crate::runtime().spawn(writer(write, shared.clone()));
         Self {
             shared,
-            tx: Mutex::new(Some(tx)),
             writer: Mutex::new(Some(task)),
         }
     }
 
-    fn send(&self, op: Op) -> PyResult<()> {
+    /// Queues `data`, or a half-close if `data` is `None`.
+    fn send(&self, data: Option<&[u8]>) -> PyResult<()> {
         if let Some(err) = self.shared.take_error() {
             return Err(err);
         }
-        let tx = self.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        let len = match &op {
-            Op::Data(d) => d.len(),
-            Op::Eof => 0,
-        };
-        let sent = tx.as_ref().is_some_and(|tx| {
-            self.shared.pending.fetch_add(len, Ordering::SeqCst);
-            tx.send(op).is_ok()
-        });
-        if sent {
-            Ok(())
-        } else {
-            Err(errors::io(io::Error::new(
+        let mut queue = self.shared.lock_queue();
+        if queue.closed || queue.eof {
+            return Err(errors::io(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "stream closed for writing",
-            )))
+            )));
         }
+        match data {
+            Some(data) => {
+                let pending = self.shared.pending.load(Ordering::SeqCst);
+                if pending > WRITE_HARD_LIMIT {
+                    return Err(errors::write_buffer_full(pending, WRITE_HARD_LIMIT));
+                }
+                queue.data.extend_from_slice(data);
+                self.shared.pending.fetch_add(data.len(), Ordering::SeqCst);
+            }
+            None => queue.eof = true,
+        }
+        drop(queue);
+        self.shared.queued.notify_one();
+        Ok(())
     }
 
     /// Ends the write side: queued bytes are sent, then a half-close, then both halves go.
     fn close_inner(&self) {
-        let tx = self
-            .tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        drop(tx); // the writer task finishes the queue, shuts down and releases everything
+        self.shared.lock_queue().closed = true;
+        self.shared.queued.notify_one(); // the writer finishes the queue, shuts down, releases
         self.shared.closing.cancel();
     }
 }
 
 impl Shared {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn take_error(&self) -> Option<PyErr> {
         self.error
             .lock()
@@ -131,16 +178,17 @@ impl Shared {
 
     async fn read(&self, max: usize) -> PyResult<Vec<u8>> {
         let mut reader = self.reader.lock().await;
-        let Some(half) = reader.as_mut() else {
+        let Some(Reader { half, buf }) = reader.as_mut() else {
             return Ok(Vec::new());
         };
-        // Uninitialised capacity (read_buf): zeroing `max` bytes per read would cost more
-        // than the read when the tunnel hands over one frame at a time.
-        let mut buf = Vec::with_capacity(max.clamp(1, MAX_READ));
+        let want = max.clamp(1, MAX_READ);
+        if buf.len() < want {
+            buf.resize(want, 0); // zeroed once here, never again by `Compat` (see `Reader`)
+        }
         tokio::select! {
-            n = half.read_buf(&mut buf) => {
-                n.map_err(errors::io)?;
-                Ok(buf)
+            n = half.read(&mut buf[..want]) => {
+                let n = n.map_err(errors::io)?;
+                Ok(buf[..n].to_vec())
             }
             () = self.closing.cancelled() => Ok(Vec::new()),
         }
@@ -175,26 +223,43 @@ impl Shared {
     }
 }
 
-/// Owns the write half: writes queued bytes in order, half-closes on request, and on the
-/// end of the queue (close or drop) shuts down gracefully and releases the stream.
-async fn writer(
-    mut half: WriteHalf<tunnel_core::Stream>,
-    mut rx: mpsc::UnboundedReceiver<Op>,
-    shared: Arc<Shared>,
-) {
+/// The writer task's next job, taken from the queue under its lock.
+enum Job {
+    Data(Vec<u8>),
+    /// Half-close: the far end reads end of stream; reading goes on.
+    Eof,
+    Stop,
+    Wait,
+}
+
+/// Owns the write half: writes queued bytes in order, half-closes on request, and once the
+/// queue is closed (close or drop) and empty shuts down gracefully and releases the stream.
+async fn writer(mut half: WriteHalf<tunnel_core::Stream>, shared: Arc<Shared>) {
     let mut eof_sent = false;
     let mut failed = false;
-    while let Some(op) = rx.recv().await {
-        let result = match op {
-            Op::Data(data) => {
-                let r = half.write_all(&data).await;
-                shared.pending.fetch_sub(data.len(), Ordering::SeqCst);
-                r
+    loop {
+        let job = {
+            let mut queue = shared.lock_queue();
+            if !queue.data.is_empty() {
+                Job::Data(std::mem::take(&mut queue.data))
+            } else if queue.eof && !eof_sent {
+                Job::Eof
+            } else if queue.closed {
+                Job::Stop
+            } else {
+                Job::Wait
             }
-            Op::Eof if eof_sent => Ok(()),
-            Op::Eof => {
+        };
+        let result = match job {
+            Job::Data(data) => write_counted(&mut half, &data, &shared).await,
+            Job::Eof => {
                 eof_sent = true;
                 half.shutdown().await
+            }
+            Job::Stop => break,
+            Job::Wait => {
+                shared.queued.notified().await;
+                continue;
             }
         };
         if let Err(e) = result {
@@ -219,6 +284,25 @@ async fn writer(
     shared.release().await;
 }
 
+/// Writes all of `data`, counting each piece the tunnel takes off `pending` at once, so
+/// that `drain()` sees progress within a large write.
+async fn write_counted(
+    half: &mut WriteHalf<tunnel_core::Stream>,
+    mut data: &[u8],
+    shared: &Shared,
+) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = half.write(data).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        shared.pending.fetch_sub(n, Ordering::SeqCst);
+        shared.progress.notify_waiters();
+        data = &data[n..];
+    }
+    Ok(())
+}
+
 #[pymethods]
 impl Stream {
     /// Awaitable: up to `n` bytes; `b""` at end of stream or after `close()`.
@@ -234,17 +318,19 @@ impl Stream {
         block_on(py, timeout, async move { shared.read(n).await })
     }
 
-    /// Queues `data` for sending; never waits. Raises if the stream failed or was closed.
+    /// Queues `data` for sending; never waits. Raises if the stream failed or was closed,
+    /// and `WriteBufferFullError` if more than [`WRITE_HARD_LIMIT`] bytes are queued (the
+    /// caller must await `drain()` between writes).
     fn write(&self, data: &[u8]) -> PyResult<()> {
         if data.is_empty() {
             return Ok(());
         }
-        self.send(Op::Data(data.to_vec()))
+        self.send(Some(data))
     }
 
     /// Queues a half-close after the bytes already queued.
     fn write_eof(&self) -> PyResult<()> {
-        self.send(Op::Eof)
+        self.send(None)
     }
 
     /// Bytes queued and not yet handed to the tunnel.
@@ -273,10 +359,12 @@ impl Stream {
 
     /// Resets the stream at once: queued bytes are dropped, the far end reads an error.
     fn abort(&self) {
-        self.tx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        self.shared.aborted.store(true, Ordering::SeqCst);
+        {
+            let mut queue = self.shared.lock_queue();
+            queue.closed = true;
+            queue.data = Vec::new(); // dropped, not sent: free it now
+        }
         self.shared.closing.cancel();
         let task = self
             .writer
