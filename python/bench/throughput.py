@@ -10,6 +10,16 @@ access side: Python bindings + asyncio versus the native client.
     cargo build --release -p tunnel-examples --bins
     python3 python/bench/throughput.py [--mib 256] [--target-dir target]
 
+A/B of two builds of the bindings (say, before and after a change to tunnel-ffi): install
+each in its own virtualenv (`maturin build --release` + `pip install` the wheel, or
+`maturin develop --release`), then
+
+    python3 python/bench/throughput.py --ab VENV_A/bin/python VENV_B/bin/python [--pairs 5]
+
+runs the Python side only, under A then B, pair after pair (interleaved, so drift on a
+shared machine hits both alike), each run with a fresh relay and agent, and prints
+min/median/max MiB/s of each and the ratio of the medians B / A.
+
 Not a test: it prints figures and asserts only that every byte arrived.
 """
 
@@ -20,6 +30,7 @@ import asyncio
 import hashlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -107,11 +118,37 @@ async def via_python_asyncio(creds: dict, size: int) -> float:
     return elapsed
 
 
+def ab(args: argparse.Namespace) -> int:
+    """Runs `--python-only` under each interpreter in turn and summarises."""
+    runs: dict[str, list[float]] = {"A": [], "B": []}
+    for i in range(args.pairs):
+        for label, python in zip("AB", args.ab):
+            out = subprocess.run(
+                [python, __file__, "--python-only", "--mib", str(args.mib), "--target-dir", args.target_dir],
+                check=True, capture_output=True, text=True, timeout=600,
+            ).stdout
+            mib_s = float(next(l for l in out.splitlines() if l.startswith("python_mib_s ")).split()[1])
+            runs[label].append(mib_s)
+            print(f"pair {i + 1} {label}: {mib_s:8.1f} MiB/s", flush=True)
+    print(f"{args.mib} MiB device -> client, Python asyncio reader, {args.pairs} interleaved pairs:")
+    for label, python in zip("AB", args.ab):
+        r = runs[label]
+        print(f"  {label} ({python}): min {min(r):.1f}  median {statistics.median(r):.1f}  max {max(r):.1f} MiB/s")
+    print(f"  ratio of medians B / A: {statistics.median(runs['B']) / statistics.median(runs['A']):.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--target-dir", default=str(REPO / "target"))
+    parser.add_argument("--python-only", action="store_true", help="skip the Rust tunnel-access run")
+    parser.add_argument("--ab", nargs=2, metavar=("PYTHON_A", "PYTHON_B"),
+                        help="compare two interpreters (virtualenvs with different builds)")
+    parser.add_argument("--pairs", type=int, default=5, help="A/B pairs with --ab")
     args = parser.parse_args()
+    if args.ab:
+        return ab(args)
     size = args.mib << 20
     bins = Path(args.target_dir) / "release"
     for name in ("tunnel-relay", "tunnel-agent", "tunnel-access"):
@@ -164,13 +201,16 @@ def main() -> int:
                 raise RuntimeError("the agent did not come online")
 
             asyncio.run(wait_online())
-            rust = via_rust_access(access_addr, size)
+            rust = None if args.python_only else via_rust_access(access_addr, size)
             python = asyncio.run(via_python_asyncio(creds, size))
         finally:
             for p in procs:
                 p.terminate()
                 p.wait(30)
     mib = size / 2**20
+    if rust is None:
+        print(f"python_mib_s {mib / python:.1f}")
+        return 0
     print(f"{args.mib} MiB device -> client through tunnel-relay + tunnel-agent (release):")
     print(f"  Rust tunnel-access     : {rust:6.2f} s  {mib / rust:8.1f} MiB/s")
     print(f"  Python asyncio (tunnel): {python:6.2f} s  {mib / python:8.1f} MiB/s")
