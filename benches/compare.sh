@@ -6,6 +6,11 @@
 #   benches/compare.sh            # everything (about 10 minutes on a 2-core machine)
 #   ONLY="tcp tunnel-public" benches/compare.sh
 #   BYTES=268435456 RUNS=1 benches/compare.sh   # quicker
+#   BIN=/other/target/release ONLY=tunnel-public benches/compare.sh   # prebuilt binaries, no build
+#
+# Also: ROWS_OUT=FILE appends the raw rows (tab-separated) to FILE; TUNNEL_ENV="K=V …" is the
+# environment of the tunnel's own processes only (relay, agent, access). benches/ab.sh uses
+# the three to A/B two builds or two settings.
 #
 # Installs what it needs: OpenSSH and socat from apt, bore-cli and rathole with cargo install
 # into target/compare-tools (skipped with a note where that fails). Only processes this
@@ -45,9 +50,12 @@ for tool in bore:bore-cli rathole:rathole; do
   }
 done
 
-echo "building release binaries" >&2
-cargo build --release --quiet -p tunnel-examples --bins -p tunnel-benches --bin tunnel-loadgen
-BIN=$ROOT/target/release
+if [ -z "${BIN:-}" ]; then
+  echo "building release binaries" >&2
+  cargo build --release --quiet -p tunnel-examples --bins -p tunnel-benches --bin tunnel-loadgen
+  BIN=$ROOT/target/release
+fi
+read -r -a TENV <<<"${TUNNEL_ENV:-}"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { # host:port, up to 20 s
@@ -188,21 +196,21 @@ fi
 tunnel() { # KIND (public|private)
   "$BIN/tunnel-relay" token new --file "$WORK/tokens.toml" --name dev --device bench --public >"$WORK/dev.token" 2>/dev/null
   "$BIN/tunnel-relay" token new --file "$WORK/tokens.toml" --name acc --access 'bench/*' >"$WORK/acc.token" 2>/dev/null
-  start relay "$BIN/tunnel-relay" serve --listen 127.0.0.1:0 --tokens "$WORK/tokens.toml" \
-    --state-dir "$WORK/relay-state" --public-ports 45000-45999 --public-bind 127.0.0.1 --max-streams 1200 \
+  start relay env "${TENV[@]}" "$BIN/tunnel-relay" serve --listen 127.0.0.1:0 --tokens "$WORK/tokens.toml" \
+    --state-dir "$WORK/relay-state-$1" --public-ports 45000-45999 --public-bind 127.0.0.1 --max-streams 1200 \
     --public-max-streams 1199 --public-max-per-source 100000
   local relay_pid=$LAST relay pin
   relay=$(wait_line "$WORK/relay.log" listening); pin=$(wait_line "$WORK/relay.log" pin)
   local common=(--relay "$relay" --pin "$pin" --max-streams 1200)
-  start agent "$BIN/tunnel-agent" "${common[@]}" --token-file "$WORK/dev.token" --device-id bench \
+  start agent env "${TENV[@]}" "$BIN/tunnel-agent" "${common[@]}" --token-file "$WORK/dev.token" --device-id bench \
     --expose "sink=$SINK" --expose "echo=$ECHO" --public sink=0 --public echo=0
   if [ "$1" = public ]; then
     run tunnel-public "127.0.0.1:$(wait_line "$WORK/agent.log" 'public sink')" \
       "127.0.0.1:$(wait_line "$WORK/agent.log" 'public echo')" "$relay_pid"
   else
     wait_line "$WORK/agent.log" 'public sink' >/dev/null
-    start access1 "$BIN/tunnel-access" "${common[@]}" --token-file "$WORK/acc.token" --device bench --service sink --listen 127.0.0.1:0
-    start access2 "$BIN/tunnel-access" "${common[@]}" --token-file "$WORK/acc.token" --device bench --service echo --listen 127.0.0.1:0
+    start access1 env "${TENV[@]}" "$BIN/tunnel-access" "${common[@]}" --token-file "$WORK/acc.token" --device bench --service sink --listen 127.0.0.1:0
+    start access2 env "${TENV[@]}" "$BIN/tunnel-access" "${common[@]}" --token-file "$WORK/acc.token" --device bench --service echo --listen 127.0.0.1:0
     run tunnel-private "$(wait_line "$WORK/access1.log" listening)" "$(wait_line "$WORK/access2.log" listening)" "$relay_pid"
   fi
   stop_all_but_servers
@@ -211,6 +219,7 @@ tunnel() { # KIND (public|private)
 if enabled tunnel-public; then tunnel public; fi
 if enabled tunnel-private; then tunnel private; fi
 
+[ -z "${ROWS_OUT:-}" ] || cat "$ROWS" >>"$ROWS_OUT"
 echo
 echo "$(date -u +%F), $(nproc) cores, $(uname -r); $BYTES bytes per single-stream run, median of $RUNS; MB = 10^6 bytes"
 python3 - "$ROWS" <<'EOF'

@@ -22,6 +22,23 @@ pub fn init_tracing() {
         .init();
 }
 
+/// The runtime of a binary that drives one session with the relay (`tunnel-agent`,
+/// `tunnel-access`): one worker thread, unless `TOKIO_WORKER_THREADS` asks for more. All of
+/// a session's streams pass through its one TLS connection and driver task, so more
+/// workers add no parallelism, only wakeups across threads (benches/RESULTS.md: +24 to
+/// +34 % over 100 and 1000 connections, new connections 15 % faster). The relay, which
+/// serves many sessions at once, keeps a worker per core.
+pub fn one_session_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// The end of a binary's `main`: an error is an answer (a refusal, a bad flag), not a
 /// crash, so it is printed as one line with its causes (`error: a: b`), never with a
 /// backtrace, and the exit code is 1.

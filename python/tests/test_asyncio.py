@@ -352,6 +352,22 @@ def test_abort_resets_the_stream_for_the_far_end(env: Env) -> None:
     run(main())
 
 
+def test_drain_after_abort_returns_even_with_bytes_still_queued(env: Env) -> None:
+    async def main() -> None:
+        async with listener(env, ["echo"]) as lst:
+            accepted = asyncio.ensure_future(lst.accept())
+            reader, writer = await tunnel.open_connection(device="pi-42", service="echo", **env.creds(env.alice))
+            conn = await accepted
+            assert conn is not None
+            # The device never reads: past the stream window these bytes stay queued.
+            writer.write(b"x" * (4 << 20))
+            writer.abort()
+            await asyncio.wait_for(writer.drain(), WAIT)
+            await asyncio.wait_for(writer.wait_closed(), WAIT)
+
+    run(main())
+
+
 def test_echo_handler_serves_many_concurrent_streams(env: Env) -> None:
     async def main() -> None:
         async with listener(env, ["echo"]) as lst:

@@ -377,6 +377,10 @@ impl Stream {
                 task.abort();
                 let _ = task.await;
             }
+            // The aborted writer could not say it stopped: a waiting `drain()` must end.
+            shared.pending.store(0, Ordering::SeqCst);
+            shared.writer_done.cancel();
+            shared.progress.notify_waiters();
             shared.release().await;
         });
     }

@@ -35,9 +35,8 @@ struct Cli {
     public: Vec<(String, String)>,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tunnel_examples::exit(run().await)
+fn main() -> std::process::ExitCode {
+    tunnel_examples::exit(tunnel_examples::one_session_runtime().and_then(|rt| rt.block_on(run())))
 }
 
 async fn run() -> anyhow::Result<()> {
