@@ -22,12 +22,13 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The runtime of a binary that drives one session with the relay (`tunnel-agent`,
-/// `tunnel-access`): one worker thread, unless `TOKIO_WORKER_THREADS` asks for more. All of
-/// a session's streams pass through its one TLS connection and driver task, so more
-/// workers add no parallelism, only wakeups across threads (benches/RESULTS.md: +24 to
-/// +34 % over 100 and 1000 connections, new connections 15 % faster). The relay, which
-/// serves many sessions at once, keeps a worker per core.
+/// The runtime of `tunnel-agent`, which drives one session with the relay: one worker
+/// thread, unless `TOKIO_WORKER_THREADS` asks for more. All of a device's streams pass
+/// through its one TLS connection and driver task, so more workers add wakeups across
+/// threads rather than parallelism (benches/RESULTS.md, A/B: over 1000 connections +3 %
+/// public and +19 % private, at equal single-stream speed). `tunnel-access` keeps a worker
+/// per core: with one, its single-stream speed fell by a fifth (it splices a local socket
+/// and the TLS session at once). The relay, which serves many sessions, keeps one per core.
 pub fn one_session_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
