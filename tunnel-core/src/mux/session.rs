@@ -93,8 +93,20 @@ pub(crate) struct Session {
     pub(crate) state: Arc<SessionState>,
 }
 
-/// Streams opened by the peer.
-pub(crate) type Inbound = mpsc::Receiver<Stream>;
+/// Streams opened by the peer, in a bounded queue of [`ACCEPT_BACKLOG`].
+///
+/// Each waits boxed: tokio's channel allocates its first block of 32 slots when it is
+/// created, used or not, and 32 unboxed streams cost every idle session 5.4 KiB (a fifth
+/// of an idle device's memory in the relay; heaptrack, benches/RESULTS.md). Boxed, the
+/// block is 256 bytes, and a stream pays one small allocation when it arrives.
+pub(crate) struct Inbound(mpsc::Receiver<Box<Stream>>);
+
+impl Inbound {
+    /// The next stream the peer opened; `None` once the session ended.
+    pub(crate) async fn recv(&mut self) -> Option<Stream> {
+        self.0.recv().await.map(|stream| *stream)
+    }
+}
 
 /// A session whose driver has not started: its handle already queues opens, and nothing is
 /// read from or written to the socket until [`Unstarted::start`].
@@ -102,7 +114,7 @@ pub(crate) struct Unstarted {
     config: yamux::Config,
     mode: yamux::Mode,
     commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<Stream>,
+    inbound: mpsc::Sender<Box<Stream>>,
     done: watch::Sender<bool>,
     close: CancellationToken,
     state: Arc<SessionState>,
@@ -194,7 +206,7 @@ impl Session {
             done: done_rx,
             state,
         };
-        (session, in_rx, unstarted)
+        (session, Inbound(in_rx), unstarted)
     }
 
     /// Opens a stream. The peer sees it only once something is written on it; it waits
@@ -264,7 +276,7 @@ struct Driver<T> {
     /// The socket under `conn`, for the flush at the end of each round.
     link: Arc<dyn Flush>,
     commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<Stream>,
+    inbound: mpsc::Sender<Box<Stream>>,
     state: Arc<SessionState>,
 }
 
@@ -322,7 +334,7 @@ impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
                             continue;
                         };
                         let stream = Stream::new(raw.compat(), self.state.clone(), permit);
-                        if self.inbound.try_send(stream).is_err() {
+                        if self.inbound.try_send(Box::new(stream)).is_err() {
                             debug!("accept backlog full or closed; resetting inbound stream");
                         }
                     }

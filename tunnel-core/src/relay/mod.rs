@@ -287,8 +287,11 @@ impl Relay {
         let span = info_span!("conn", %peer);
         self.inner.connections.spawn(
             async move {
+                // Boxed: the handshake's state (TLS acceptor, hello) is large and over once
+                // the session runs, while the task's size is fixed by its largest state for
+                // the session's whole life (heaptrack, benches/RESULTS.md).
                 let accepted = tokio::select! {
-                    accepted = inner.handshake(tcp, peer) => accepted,
+                    accepted = Box::pin(inner.handshake(tcp, peer)) => accepted,
                     () = ticket.cancelled.cancelled() => {
                         return info!("handshake evicted to make room for a newcomer");
                     }
