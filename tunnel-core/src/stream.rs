@@ -205,11 +205,22 @@ impl AsyncWrite for Stream {
             return Poll::Ready(Err(io::Error::new(*kind, text.clone())));
         }
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(res) => {
-                if let (Ok(n), Answer::Pending(p)) = (&res, &mut this.answer) {
-                    p.written += *n as u64;
+            Poll::Ready(Ok(n)) => {
+                if let Answer::Pending(p) = &mut this.answer {
+                    p.written += n as u64;
                 }
-                Poll::Ready(res.map_err(|e| reset_if_dead(e, &this.session)))
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => {
+                // A refused stream is closed by the far end, maybe before this write: its
+                // answer, already here, is the error to give. The read side of a closed
+                // stream never waits, so this takes no reader's wakeup.
+                if matches!(this.answer, Answer::Pending(_))
+                    && let Poll::Ready(Err(refused)) = this.poll_answer(cx)
+                {
+                    return Poll::Ready(Err(refused));
+                }
+                Poll::Ready(Err(reset_if_dead(e, &this.session)))
             }
             Poll::Pending => this.pending_or_lost(cx),
         }

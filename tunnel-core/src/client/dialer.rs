@@ -118,7 +118,7 @@ impl Dialer {
     ///   refused…), that read fails with an [`io::Error`] whose inner error is the
     ///   [`DialError`] (`e.get_ref()` and `downcast_ref::<DialError>()`); its message counts
     ///   the bytes written before the answer, which were **not delivered**. Later reads and
-    ///   writes fail too.
+    ///   writes fail too, and so does a write made after the refusal arrived.
     /// - Writes before that read succeed once buffered, not once delivered: count nothing
     ///   as delivered before a read has returned.
     /// - A name error or a lost session still fails here, before anything is sent.
