@@ -108,16 +108,18 @@ impl Tunnel {
         .env("RUST_LOG", "error");
         if let Some(n) = &streams {
             cmd.args(["--max-streams", n]);
-            // The benches load one device's public port from one address: lift the public
-            // caps that protect private access (measured separately by the hostile suite).
-            let public = (n.parse::<usize>().unwrap_or(128) - 1).to_string();
-            cmd.args([
-                "--public-max-streams",
-                &public,
-                "--public-max-per-source",
-                "100000",
-            ]);
         }
+        // The benches load one device's public port from one address: lift the public caps
+        // that protect private access (measured separately by the hostile suite), whatever
+        // the stream limit (with the default 32 per source, 64 streams were reset).
+        let max = streams.as_deref().map_or(128, |n| n.parse().unwrap_or(128));
+        let public = (max - 1).to_string();
+        cmd.args([
+            "--public-max-streams",
+            &public,
+            "--public-max-per-source",
+            "100000",
+        ]);
         let (relay, v) = Proc::start(&mut cmd, &["listening", "pin"], WAIT).await;
         let (relay_addr, pin) = (v[0].clone(), v[1].parse().expect("pin"));
 
