@@ -142,17 +142,7 @@ impl Dialer {
             service: service.to_owned(),
         };
         let mut stream = self.open_stream().await?;
-        match tokio::time::timeout(
-            STREAM_OPEN_TIMEOUT,
-            protocol::write_frame(&mut stream, &header),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(protocol::FrameError::Io(e))) => return Err(DialError::ConnectionLost(e)),
-            Ok(Err(e)) => return Err(DialError::Protocol(e.to_string())),
-            Err(_) => return Err(DialError::Timeout),
-        }
+        within_open_deadline(protocol::write_frame(&mut stream, &header)).await?;
         stream.expect_answer();
         Ok(stream)
     }
@@ -238,12 +228,8 @@ impl Dialer {
             protocol::write_frame(&mut stream, header).await?;
             protocol::read_frame(&mut stream, max_reply).await
         };
-        match tokio::time::timeout(STREAM_OPEN_TIMEOUT, exchange).await {
-            Ok(Ok(reply)) => Ok((stream, reply)),
-            Ok(Err(protocol::FrameError::Io(e))) => Err(DialError::ConnectionLost(e)),
-            Ok(Err(e)) => Err(DialError::Protocol(e.to_string())),
-            Err(_) => Err(DialError::Timeout),
-        }
+        let reply = within_open_deadline(exchange).await?;
+        Ok((stream, reply))
     }
 
     /// Opens a new stream on the session, replacing a session that just ended.
@@ -277,6 +263,19 @@ impl Dialer {
         let fresh = open_session(&self.inner.config).await?;
         *slot = Some(fresh.clone());
         Ok(fresh)
+    }
+}
+
+/// Runs a stream's header exchange under [`STREAM_OPEN_TIMEOUT`], with its failures as
+/// dial errors.
+async fn within_open_deadline<T>(
+    exchange: impl Future<Output = Result<T, protocol::FrameError>>,
+) -> Result<T, DialError> {
+    match tokio::time::timeout(STREAM_OPEN_TIMEOUT, exchange).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(protocol::FrameError::Io(e))) => Err(DialError::ConnectionLost(e)),
+        Ok(Err(e)) => Err(DialError::Protocol(e.to_string())),
+        Err(_) => Err(DialError::Timeout),
     }
 }
 

@@ -90,9 +90,9 @@ async fn read_answer<C: AsyncRead + Unpin>(
                 return Poll::Pending;
             }
             if chunk.is_empty() {
-                chunk = vec![0; EARLY_CHUNK.min(EARLY_DATA_MAX - passed)];
+                chunk = vec![0; EARLY_CHUNK];
             }
-            let mut buf = ReadBuf::new(&mut chunk);
+            let mut buf = ReadBuf::new(&mut chunk[..EARLY_CHUNK.min(EARLY_DATA_MAX - passed)]);
             match Pin::new(&mut *caller).poll_read(cx, &mut buf) {
                 Poll::Ready(res) => Poll::Ready(Step::Early(res.map(|()| buf.filled().len()))),
                 Poll::Pending => Poll::Pending,
@@ -106,7 +106,6 @@ async fn read_answer<C: AsyncRead + Unpin>(
             Step::Early(Ok(n)) => {
                 tokio::io::AsyncWriteExt::write_all(device, &chunk[..n]).await?;
                 passed += n;
-                chunk.truncate(EARLY_CHUNK.min(EARLY_DATA_MAX - passed));
             }
         }
     }
