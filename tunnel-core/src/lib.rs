@@ -99,6 +99,7 @@ mod hex;
 mod metrics;
 mod mux;
 mod protocol;
+mod read_ahead;
 mod relay;
 mod splice;
 mod stream;

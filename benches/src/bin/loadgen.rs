@@ -8,7 +8,8 @@
 //! ```
 //! `run` prints one tab-separated line: name, single-stream MB/s, rtt p50 and p99 (µs),
 //! first-byte p50 (µs), aggregate echo MB/s over 100 and over 1000 connections with the
-//! slowest/median stream time ratio of each, and RSS KiB per idle connection of process `P`.
+//! slowest/median stream time ratio of each, RSS KiB per idle connection of process `P`, and
+//! the CPU seconds `P` spent per GiB of the single-stream transfers.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_benches::servers::Servers;
 use tunnel_benches::workload::{Duplex, Target, aggregate_echo, first_byte, round_trips, transfer};
 use tunnel_benches::{median, percentile};
-use tunnel_testkit::rss_kib;
+use tunnel_testkit::{cpu_secs, rss_kib};
 
 #[derive(Parser)]
 #[command(about = "Load generator for benches/compare.sh")]
@@ -105,11 +106,17 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
 
     let mut rates = Vec::new();
+    let cpu_before = a.pid.map(cpu_secs);
     for _ in 0..a.runs {
         let t = transfer(&sink, 1, a.bytes).await.context("transfer")?;
         rates.push(a.bytes as f64 / MB / t.as_secs_f64());
     }
     let throughput = median(&mut rates);
+    let gib_moved = (a.bytes * a.runs as u64) as f64 / (1u64 << 30) as f64;
+    let cpu_per_gib = match (a.pid, cpu_before) {
+        (Some(pid), Some(before)) => (cpu_secs(pid) - before) / gib_moved,
+        _ => f64::NAN,
+    };
 
     let mut s = echo.open().await.context("open echo")?;
     round_trips(&mut s, 200, 64)
@@ -147,7 +154,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
 
     println!(
-        "{}\t{throughput:.0}\t{:.0}\t{:.0}\t{:.0}\t{agg100:.0}\t{spread100:.2}\t{agg1000:.0}\t{spread1000:.2}\t{idle:.1}",
+        "{}\t{throughput:.0}\t{:.0}\t{:.0}\t{:.0}\t{agg100:.0}\t{spread100:.2}\t{agg1000:.0}\t{spread1000:.2}\t{idle:.1}\t{cpu_per_gib:.2}",
         a.name,
         us(percentile(&mut rtt, 50.0)),
         us(percentile(&mut rtt, 99.0)),

@@ -135,7 +135,7 @@ async fn connect_to(
         };
         let _ = tcp.set_nodelay(true);
         let mut tls = TlsConnector::from(tls_config.clone())
-            .connect(name, tcp)
+            .connect(name, crate::read_ahead::ReadAhead::new(tcp))
             .await
             .map_err(tls_error)?;
         let Some(version) = version_of(tls.get_ref().1.alpn_protocol()) else {

@@ -93,7 +93,7 @@ impl Inner {
             }
             let mut tls = self
                 .tls
-                .accept(tcp)
+                .accept(crate::read_ahead::ReadAhead::new(tcp))
                 .await
                 .map_err(|e| format!("tls: {e}"))?;
             let Some(version) = version_of(tls.get_ref().1.alpn_protocol()) else {

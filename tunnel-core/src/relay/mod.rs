@@ -61,7 +61,7 @@ use registry::Registry;
 pub use throttle::AuthThrottle;
 
 /// A TLS connection accepted by the relay.
-type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+type Tls = tokio_rustls::server::TlsStream<crate::read_ahead::ReadAhead<TcpStream>>;
 
 /// The public server. Cheap to clone; [`Relay::serve`] runs it on a listener you bound.
 ///
