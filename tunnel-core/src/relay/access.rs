@@ -11,37 +11,55 @@ use tokio::time::Instant;
 use super::bridge::Joined;
 use super::events::{Event, SessionRole};
 use super::handshake::Accepted;
+use super::limit::Slot;
 use super::session::{AccessCtx, Ctx, Registered, prepare, send_welcome, serve, start, welcome};
 use super::{Inner, bridge};
 use crate::auth::Identity;
+use crate::mux::{Inbound, Session};
 use crate::protocol::{self, ErrorKind, Forward, Message, STREAM_OPEN_TIMEOUT, StatusCode};
 use crate::stream::Stream;
 
 /// Runs an access session until it ends: welcome, then serve its streams.
-pub(super) async fn run(relay: Arc<Inner>, accepted: Accepted) {
+pub(super) async fn run(relay: Arc<Inner>, accepted: Box<Accepted>) {
+    // Boxed, as for devices (`device::run`): the welcome's state and the TLS stream are
+    // over once the session runs, and the task keeps the size of its largest state.
+    let Some((_slot, session, inbound, _registered, ctx)) =
+        Box::pin(welcome_access(&relay, accepted)).await
+    else {
+        return;
+    };
+    serve(&relay, &session, inbound, &ctx).await;
+    info!("access session ended");
+}
+
+/// Welcomes an access client and starts its session; `None` if the welcome failed.
+async fn welcome_access(
+    relay: &Arc<Inner>,
+    accepted: Box<Accepted>,
+) -> Option<(Slot<String>, Session, Inbound, Registered, Ctx)> {
     let Accepted {
         mut tls,
         hello,
         identity,
         version,
         peer,
-        slot: _slot,
-    } = accepted;
+        slot,
+    } = *accepted;
     if let Err(e) = send_welcome(
         &mut tls,
-        &welcome(&relay, &identity, vec![], vec![], version),
+        &welcome(relay, &identity, vec![], vec![], version),
     )
     .await
     {
-        return info!(reason = e, "access session not started");
+        info!(reason = e, "access session not started");
+        return None;
     }
-    let (session, inbound, unstarted) = prepare(&relay, hello.role);
+    let (session, inbound, unstarted) = prepare(relay, hello.role);
     start(unstarted, tls);
-    let _registered = Registered::new(&relay, &identity, SessionRole::Access, peer, &session);
+    let registered = Registered::new(relay, &identity, SessionRole::Access, peer, &session);
     info!(identity = identity.name(), "access session started");
     let ctx = Ctx::Access(Arc::new(AccessCtx::new(identity)));
-    serve(&relay, &session, inbound, &ctx).await;
-    info!("access session ended");
+    Some((slot, session, inbound, registered, ctx))
 }
 
 /// An access client asks for `device`/`service`: authorize, find the device (here, or on

@@ -298,9 +298,10 @@ impl Relay {
                 };
                 drop(ticket);
                 let Some(accepted) = accepted else { return };
+                // Boxed too: an async fn keeps its arguments for its whole life.
                 match accepted.hello.role {
-                    Role::Access => access::run(inner, accepted).await,
-                    Role::Device => device::run(inner, accepted).await,
+                    Role::Access => access::run(inner, Box::new(accepted)).await,
+                    Role::Device => device::run(inner, Box::new(accepted)).await,
                 }
             }
             .instrument(span),
