@@ -94,10 +94,8 @@ async fn register(relay: &Arc<Inner>, accepted: Box<Accepted>) -> Option<Registr
             device, "credential may not register this device id"
         );
         let msg = format!("credential may not register as device {device}");
-        return {
-            refuse(&mut tls, RefusalCode::DeviceIdDenied, &msg).await;
-            None
-        };
+        refuse(&mut tls, RefusalCode::DeviceIdDenied, &msg).await;
+        return None;
     }
     // The cluster first: a device ID is held by one session cluster-wide. The guard
     // releases the claim however this function ends.
@@ -123,10 +121,8 @@ async fn register(relay: &Arc<Inner>, accepted: Box<Accepted>) -> Option<Registr
                     identity = identity.name(),
                     device, why, "cluster refused the device id"
                 );
-                return {
-                    refuse(&mut tls, code, &why).await;
-                    None
-                };
+                refuse(&mut tls, code, &why).await;
+                return None;
             }
             Some(ClaimGuard {
                 cluster: cluster.clone(),
@@ -141,10 +137,8 @@ async fn register(relay: &Arc<Inner>, accepted: Box<Accepted>) -> Option<Registr
                 device, "device id held by another credential"
             );
             let msg = format!("device id {device} is in use by another credential");
-            return {
-                refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
-                None
-            };
+            refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
+            return None;
         }
         Claim::Flapping => {
             warn!(
@@ -156,10 +150,8 @@ async fn register(relay: &Arc<Inner>, accepted: Box<Accepted>) -> Option<Registr
                 "device id {device} is held by a live session of this credential that was \
                  replaced too often; use one credential per device"
             );
-            return {
-                refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
-                None
-            };
+            refuse(&mut tls, RefusalCode::DeviceIdTaken, &msg).await;
+            return None;
         }
         Claim::Granted(Some(old)) => {
             info!(device, "replacing the previous session of this device");
@@ -170,10 +162,8 @@ async fn register(relay: &Arc<Inner>, accepted: Box<Accepted>) -> Option<Registr
     let published = match public::bind_public(relay, &identity, &device, &hello.public).await {
         Ok(p) => p,
         Err((code, message)) => {
-            return {
-                refuse(&mut tls, code, &message).await;
-                None
-            };
+            refuse(&mut tls, code, &message).await;
+            return None;
         }
     };
     for (service, why) in &published.failed {
@@ -223,10 +213,8 @@ async fn register(relay: &Arc<Inner>, accepted: Box<Accepted>) -> Option<Registr
                 device, "device id taken during registration"
             );
             unstarted.abandon();
-            return {
-                ours.evict().await;
-                None
-            };
+            ours.evict().await;
+            return None;
         }
     }
     let welcome = welcome(relay, &identity, ports.clone(), published.failed, version);
