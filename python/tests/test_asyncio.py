@@ -154,8 +154,10 @@ def test_writing_past_the_hard_queue_limit_without_drain_raises_until_drained(en
                     writer.write(chunk)
                     sent += len(chunk)
             assert sent > 16 << 20
-            with pytest.raises(tunnel.WriteBufferFullError):
-                writer.write(b"x")  # still full: refused again, not queued
+            # The refused chunk was not queued: exactly the bytes counted in `sent` arrive
+            # below. (No second refused write here: the stream keeps taking bytes out of
+            # the queue as the relay's window grows, so whether the queue is still over the
+            # limit a moment later depends on timing; CI saw it drop below once.)
 
             async def sink() -> int:
                 got = 0
