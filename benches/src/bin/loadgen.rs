@@ -106,17 +106,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     };
 
     let mut rates = Vec::new();
-    let cpu_before = a.pid.map(cpu_secs);
+    let cpu_before = a.pid.map(|pid| (pid, cpu_secs(pid)));
     for _ in 0..a.runs {
         let t = transfer(&sink, 1, a.bytes).await.context("transfer")?;
         rates.push(a.bytes as f64 / MB / t.as_secs_f64());
     }
     let throughput = median(&mut rates);
     let gib_moved = (a.bytes * a.runs as u64) as f64 / (1u64 << 30) as f64;
-    let cpu_per_gib = match (a.pid, cpu_before) {
-        (Some(pid), Some(before)) => (cpu_secs(pid) - before) / gib_moved,
-        _ => f64::NAN,
-    };
+    let cpu_per_gib = cpu_before.map_or(f64::NAN, |(pid, before)| {
+        (cpu_secs(pid) - before) / gib_moved
+    });
 
     let mut s = echo.open().await.context("open echo")?;
     round_trips(&mut s, 200, 64)
