@@ -55,6 +55,7 @@ async fn devices(steps: &[usize]) {
     let dir = fresh_dir("scale");
     let tokens = fleet_token_file(&dir.join("tokens.toml"), max);
     let relay_bin = std::env::var_os("BENCH_RELAY_BIN")
+        .filter(|path| !path.is_empty())
         .map_or_else(|| release_bins().relay, std::path::PathBuf::from);
     println!("relay binary: {}", relay_bin.display());
     let mut cmd = Command::new(relay_bin);

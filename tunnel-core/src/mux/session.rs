@@ -11,10 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::channel::mpsc;
+use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, TryAcquireError, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, TryAcquireError, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug};
 
 use super::link::{Flush, Link, LinkIo};
@@ -27,7 +29,8 @@ use crate::stream::Stream;
 const ACCEPT_BACKLOG: usize = 256;
 /// Largest yamux data frame body: header (12 bytes) + body fill one 16 KiB TLS record.
 const SPLIT_SEND_SIZE: usize = 16 * 1024 - 12;
-/// Commands queued to the driver; each open request waits its turn here.
+/// Commands queued to the driver before senders wait. Each open request holds a stream
+/// permit before it queues, so the queue never holds more than the permits allow.
 const COMMAND_QUEUE: usize = 64;
 /// How long a local close may spend flushing the streams' last bytes and the GoAway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -89,22 +92,24 @@ pub(crate) enum Opener {
 pub(crate) struct Session {
     commands: mpsc::Sender<Command>,
     close: CancellationToken,
-    done: watch::Receiver<bool>,
+    /// Cancelled once the driver is gone (ended, dropped with its runtime, or never started).
+    done: CancellationToken,
     pub(crate) state: Arc<SessionState>,
 }
 
 /// Streams opened by the peer, in a bounded queue of [`ACCEPT_BACKLOG`].
 ///
-/// Each waits boxed: tokio's channel allocates its first block of 32 slots when it is
-/// created, used or not, and 32 unboxed streams cost every idle session 5.4 KiB (a fifth
-/// of an idle device's memory in the relay; heaptrack, benches/RESULTS.md). Boxed, the
-/// block is 256 bytes, and a stream pays one small allocation when it arrives.
+/// The session's two queues (this one and the open requests) are `futures` channels, which
+/// allocate per message, not tokio's: a tokio channel allocates its first block of 32 slots
+/// when it is created, used or not, and pads its shared state to cache lines, which cost
+/// every idle device 2 KiB in the relay (heaptrack, benches/RESULTS.md). Streams wait
+/// boxed, so a queued one costs a small node.
 pub(crate) struct Inbound(mpsc::Receiver<Box<Stream>>);
 
 impl Inbound {
     /// The next stream the peer opened; `None` once the session ended.
     pub(crate) async fn recv(&mut self) -> Option<Stream> {
-        self.0.recv().await.map(|stream| *stream)
+        self.0.next().await.map(|stream| *stream)
     }
 }
 
@@ -115,7 +120,9 @@ pub(crate) struct Unstarted {
     mode: yamux::Mode,
     commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<Box<Stream>>,
-    done: watch::Sender<bool>,
+    /// Cancels the handles' `done` when dropped: by the driver task when it ends or is
+    /// dropped, or here if the session never starts.
+    done: DropGuard,
     close: CancellationToken,
     state: Arc<SessionState>,
 }
@@ -137,8 +144,8 @@ impl Unstarted {
         let (close, done) = (self.close, self.done);
         tokio::spawn(
             async move {
+                let _done = done;
                 driver.run(close).await;
-                let _ = done.send(true);
             }
             .instrument(span),
         );
@@ -148,7 +155,7 @@ impl Unstarted {
     pub(crate) fn abandon(self) {
         self.state.mark_dead();
         self.state.ended.cancel();
-        let _ = self.done.send(true);
+        drop(self.done);
     }
 }
 
@@ -189,21 +196,21 @@ impl Session {
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
-        let (done_tx, done_rx) = watch::channel(false);
+        let done = CancellationToken::new();
         let close = CancellationToken::new();
         let unstarted = Unstarted {
             config: yamux_config(limits),
             mode,
             commands: cmd_rx,
             inbound: in_tx,
-            done: done_tx,
+            done: done.clone().drop_guard(),
             close: close.clone(),
             state: state.clone(),
         };
         let session = Self {
             commands: cmd_tx,
             close,
-            done: done_rx,
+            done,
             state,
         };
         (session, Inbound(in_rx), unstarted)
@@ -219,7 +226,9 @@ impl Session {
         };
         let (tx, rx) = oneshot::channel();
         let request = async {
+            // A clone per request: a futures sender may always queue one message.
             self.commands
+                .clone()
                 .send(Command::Open(tx))
                 .await
                 .map_err(|_| OpenError::Closed)?;
@@ -245,16 +254,14 @@ impl Session {
     /// Waits until the session is over: closed locally (heartbeat lost, replaced, stopped)
     /// or its driver has stopped.
     pub(crate) async fn closed(&self) {
-        let mut done = self.done.clone();
         tokio::select! {
-            _ = done.wait_for(|d| *d) => {}
+            () = self.done.cancelled() => {}
             () = self.close.cancelled() => {}
         }
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        // `has_changed` fails once the driver (or an abandoned `Unstarted`) is gone.
-        *self.done.borrow() || self.state.is_dead() || self.done.has_changed().is_err()
+        self.done.is_cancelled() || self.state.is_dead()
     }
 }
 
@@ -308,7 +315,7 @@ impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
         std::future::poll_fn(|cx| {
             for _ in 0..POLL_BUDGET {
                 if pending.is_none() && commands_open {
-                    match self.commands.poll_recv(cx) {
+                    match self.commands.poll_next_unpin(cx) {
                         Poll::Ready(Some(Command::Open(tx))) => pending = Some(tx),
                         Poll::Ready(None) => commands_open = false,
                         Poll::Pending => {}

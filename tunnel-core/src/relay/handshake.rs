@@ -82,7 +82,11 @@ impl Inner {
     /// TLS, ALPN, hello and authentication, under one deadline (and the first TLS byte
     /// under a shorter one). Failures are answered with a `Refused` frame where the peer
     /// speaks our protocol, and logged without secrets.
-    pub(super) async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<Accepted> {
+    pub(super) async fn handshake(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<Box<Accepted>> {
         let attempt = async {
             let mut first = [0u8; 1];
             match tokio::time::timeout(FIRST_BYTE_TIMEOUT, tcp.peek(&mut first)).await {
@@ -132,7 +136,7 @@ impl Inner {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt).await {
             Ok(Ok(done)) => {
                 crate::metrics::handshake_done(started.elapsed());
-                Some(done)
+                Some(Box::new(done))
             }
             Ok(Err(reason)) => {
                 if reason.starts_with("tls") || reason.starts_with("no TLS") {

@@ -56,7 +56,7 @@ use handshake::source_key;
 #[cfg(feature = "fuzzing")]
 pub(crate) use handshake::validate_hello;
 use limit::KeyedLimit;
-use preauth::PreAuth;
+use preauth::{PreAuth, Ticket};
 use registry::Registry;
 pub use throttle::AuthThrottle;
 
@@ -285,27 +285,30 @@ impl Relay {
         let _ = tcp.set_nodelay(true);
         let inner = self.inner.clone();
         let span = info_span!("conn", %peer);
-        self.inner.connections.spawn(
-            async move {
-                // Boxed: the handshake's state (TLS acceptor, hello) is large and over once
-                // the session runs, while the task's size is fixed by its largest state for
-                // the session's whole life (heaptrack, benches/RESULTS.md).
-                let accepted = tokio::select! {
-                    accepted = Box::pin(inner.handshake(tcp, peer)) => accepted,
-                    () = ticket.cancelled.cancelled() => {
-                        return info!("handshake evicted to make room for a newcomer");
-                    }
-                };
-                drop(ticket);
-                let Some(accepted) = accepted else { return };
-                // Boxed too: an async fn keeps its arguments for its whole life.
-                match accepted.hello.role {
-                    Role::Access => access::run(inner, Box::new(accepted)).await,
-                    Role::Device => device::run(inner, Box::new(accepted)).await,
-                }
-            }
-            .instrument(span),
-        );
+        self.inner
+            .connections
+            .spawn(connection(inner, tcp, peer, ticket).instrument(span));
+    }
+}
+
+/// One connection's task: handshake, then the device's or access client's session.
+///
+/// The task is as large as its largest state for the session's whole life, so what only the
+/// handshake needs stays boxed: the handshake future (TLS acceptor, hello) and the
+/// `Accepted` it returns (1.5 KiB with its TLS stream; an async fn also keeps its
+/// arguments for its whole life). heaptrack, benches/RESULTS.md.
+async fn connection(inner: Arc<Inner>, tcp: TcpStream, peer: SocketAddr, ticket: Ticket) {
+    let accepted = tokio::select! {
+        accepted = Box::pin(inner.handshake(tcp, peer)) => accepted,
+        () = ticket.cancelled.cancelled() => {
+            return info!("handshake evicted to make room for a newcomer");
+        }
+    };
+    drop(ticket);
+    let Some(accepted) = accepted else { return };
+    match accepted.hello.role {
+        Role::Access => access::run(inner, accepted).await,
+        Role::Device => device::run(inner, accepted).await,
     }
 }
 

@@ -1,8 +1,8 @@
 //! Which devices are online, under which identity, with which services.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
 
@@ -39,7 +39,8 @@ pub(super) struct Online {
     pub(super) generation: u64,
     /// The principal of the credential that registered it.
     pub(super) principal: String,
-    pub(super) services: Vec<String>,
+    /// Shared with each [`Reachable`]: a stream open copies no strings.
+    pub(super) services: Arc<[String]>,
     pub(super) session: Session,
     /// Accept loops of this session's public ports; aborting them frees the ports.
     pub(super) public_tasks: Vec<JoinHandle<()>>,
@@ -59,7 +60,7 @@ impl Online {
 /// An online device as a stream open needs it.
 pub(super) struct Reachable {
     pub(super) session: Session,
-    pub(super) services: Vec<String>,
+    pub(super) services: Arc<[String]>,
 }
 
 /// A device ID's current holder, or why it cannot be had.
@@ -200,7 +201,7 @@ impl Registry {
         {
             let entry = online.remove(device)?;
             drop(online);
-            lock(&self.offline).insert(device, entry.services.clone());
+            lock(&self.offline).insert(device, entry.services.to_vec());
             return Some(entry);
         }
         None
