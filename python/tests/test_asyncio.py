@@ -283,6 +283,56 @@ def test_cancelling_a_read_cancels_the_rust_read_and_loses_no_bytes(env: Env) ->
     run(main())
 
 
+def test_reads_of_buffered_bytes_complete_at_once_and_keep_order_with_awaited_ones(env: Env) -> None:
+    """Bytes already buffered are handed over without waiting for the event loop (the
+    awaitable is returned done); reads that must wait still get every byte, in order."""
+    payload = bytes(range(256)) * 512  # 128 KiB: fits the stream's window, so it buffers
+    half = len(payload) // 2
+
+    async def main() -> None:
+        async with listener(env, ["src"]) as lst:
+
+            async def device() -> None:
+                async for conn in lst:
+                    reader, writer = conn
+                    await reader.readexactly(1)
+                    writer.write(payload[:half])
+                    await writer.drain()
+                    await reader.readexactly(1)  # the second half only once asked
+                    writer.write(payload[half:])
+                    await writer.drain()
+                    writer.close()
+                    await writer.wait_closed()
+                    return
+
+            task = asyncio.create_task(device())
+            reader, writer = await tunnel.open_connection(device="pi-42", service="src", **env.creds(env.alice))
+            stream = reader._stream
+            got = bytearray()
+            at_once = 0
+            writer.write(b"1")
+            for _ in range(500):  # bounded; each round takes whatever is buffered
+                if len(got) >= half:
+                    break
+                await asyncio.sleep(0.05)  # let bytes pile up in the tunnel
+                while len(got) < half:  # at most `half` rounds: each takes a byte or more
+                    read = stream.read(1000)
+                    if not read.done():
+                        got += await read
+                        break
+                    at_once += 1
+                    got += read.result()
+            assert at_once > 0, "no read of buffered bytes completed at once"
+            writer.write(b"2")  # now reads wait for bytes still on their way
+            while data := await stream.read(700):
+                got += data
+            assert bytes(got) == payload
+            await asyncio.wait_for(task, WAIT)
+            writer.close()
+
+    run(main())
+
+
 def test_cancelling_a_connect_stops_the_handshake_at_once() -> None:
     """A 'relay' that accepts TCP and never speaks TLS: the handshake would only give up
     after 10 s, but cancelling the task ends it now."""

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use pyo3::prelude::*;
 
-pub(crate) use bridge::awaitable;
+pub(crate) use bridge::{awaitable, ready};
 
 mod bridge;
 mod config;

@@ -8,10 +8,14 @@
 //! `WriteBufferFullError` instead of growing it.
 //!
 //! The data path of one byte:
-//! - read: yamux's stream buffer → this stream's read buffer (reused, see [`Reader`]) →
-//!   the `Vec` handed over → a Python `bytes` (pyo3 copies it there, holding the GIL on a
-//!   blocking-pool thread; see `bridge.rs`). Three copies; the middle one is what avoids
-//!   zeroing up to [`MAX_READ`] bytes per read.
+//! - read, when bytes are already buffered (a bulk transfer that Python drains slower than
+//!   it arrives): yamux's stream buffer → this stream's read buffer (reused, see
+//!   [`Reader`]) → a Python `bytes`, all on the caller's thread, and the awaitable is
+//!   returned already done ([`Shared::read_now`]). Two copies, no task, no thread hop.
+//! - read that must wait: the same into the read buffer, then the `Vec` handed over → a
+//!   Python `bytes` (pyo3 copies it there, holding the GIL on a blocking-pool thread; see
+//!   `bridge.rs`). Three copies; the middle one is what avoids zeroing up to [`MAX_READ`]
+//!   bytes per read.
 //! - write: Python `bytes` → the write queue (one copy, under the queue lock) → taken
 //!   whole by the writer task → yamux frames of at most 16 KiB.
 
@@ -19,12 +23,14 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::FutureExt;
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{awaitable, block_on, errors};
+use crate::{awaitable, block_on, errors, ready};
 
 /// Largest single read: bounds the read buffer a stream keeps (see [`Reader`]).
 const MAX_READ: usize = 1 << 20;
@@ -176,6 +182,30 @@ impl Shared {
             .map(|(kind, msg)| errors::io(io::Error::new(kind, msg)))
     }
 
+    /// A read that needs no waiting: bytes already buffered, end of stream, an error, or
+    /// the stream closed. `None` when it would wait, or while another read holds the read
+    /// half (the lock is fair, so reads keep their order): then it is awaited as usual.
+    fn read_now<'py>(&self, py: Python<'py>, max: usize) -> Option<PyResult<Bound<'py, PyBytes>>> {
+        if self.closing.is_cancelled() {
+            return Some(Ok(PyBytes::new(py, b"")));
+        }
+        let mut reader = self.reader.try_lock().ok()?;
+        let Some(Reader { half, buf }) = reader.as_mut() else {
+            return Some(Ok(PyBytes::new(py, b"")));
+        };
+        let want = max.clamp(1, MAX_READ);
+        if buf.len() < want {
+            buf.resize(want, 0); // zeroed once here, never again by `Compat` (see `Reader`)
+        }
+        // Polled once with a no-op waker: if it would wait, the awaited read that follows
+        // polls again and registers its own waker, and no byte is taken meanwhile.
+        let _runtime = crate::runtime().enter();
+        match half.read(&mut buf[..want]).now_or_never()? {
+            Ok(n) => Some(Ok(PyBytes::new(py, &buf[..n]))),
+            Err(e) => Some(Err(errors::io(e))),
+        }
+    }
+
     async fn read(&self, max: usize) -> PyResult<Vec<u8>> {
         let mut reader = self.reader.lock().await;
         let Some(Reader { half, buf }) = reader.as_mut() else {
@@ -307,15 +337,27 @@ async fn write_counted(
 impl Stream {
     /// Awaitable: up to `n` bytes; `b""` at end of stream or after `close()`.
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(result) = self.shared.read_now(py, n) {
+            return ready(py, result.map(Bound::into_any));
+        }
         let shared = self.shared.clone();
         awaitable(py, async move { shared.read(n).await })
     }
 
     /// Blocking `read`: up to `n` bytes, or `TimeoutError` after `timeout` seconds.
     #[pyo3(signature = (n, timeout=None))]
-    fn read_blocking(&self, py: Python<'_>, n: usize, timeout: Option<f64>) -> PyResult<Vec<u8>> {
+    fn read_blocking<'py>(
+        &self,
+        py: Python<'py>,
+        n: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        if let Some(result) = self.shared.read_now(py, n) {
+            return result;
+        }
         let shared = self.shared.clone();
-        block_on(py, timeout, async move { shared.read(n).await })
+        let data = block_on(py, timeout, async move { shared.read(n).await })?;
+        Ok(PyBytes::new(py, &data))
     }
 
     /// Queues `data` for sending; never waits. Raises if the stream failed or was closed,
