@@ -320,13 +320,73 @@ def test_reads_of_buffered_bytes_complete_at_once_and_keep_order_with_awaited_on
                     if not read.done():
                         got += await read
                         break
+                    chunk = read.result()
+                    assert chunk, "the stream ended early"
                     at_once += 1
-                    got += read.result()
+                    got += chunk
             assert at_once > 0, "no read of buffered bytes completed at once"
-            writer.write(b"2")  # now reads wait for bytes still on their way
+            # A read that must wait, then one issued before the first is awaited: the
+            # earlier call gets the earlier bytes, though the later one finds them buffered.
+            first = stream.read(500)
+            assert not first.done()
+            writer.write(b"2")  # the second half is on its way
+            await asyncio.sleep(0.2)
+            second = stream.read(500)
+            got += await first
+            got += await second
             while data := await stream.read(700):
                 got += data
             assert bytes(got) == payload
+            await asyncio.wait_for(task, WAIT)
+            writer.close()
+
+    run(main())
+
+
+def test_a_reader_draining_buffered_bytes_still_lets_other_tasks_run(env: Env) -> None:
+    """A done awaitable does not yield to the event loop, and the tunnel refills its buffer
+    from other threads: the reads answered at once are bounded, so a tight read loop still
+    hands the loop over now and then."""
+    payload = bytes(range(256)) * 512  # 128 KiB, buffered before the loop starts
+
+    async def main() -> None:
+        async with listener(env, ["src"]) as lst:
+
+            async def device() -> None:
+                async for conn in lst:
+                    reader, writer = conn
+                    writer.write(payload)
+                    await writer.drain()
+                    await reader.read()  # hold the stream open until the client ends it
+                    writer.close()
+                    return
+
+            task = asyncio.create_task(device())
+            reader, writer = await tunnel.open_connection(device="pi-42", service="src", **env.creds(env.alice))
+            stream = reader._stream
+            await asyncio.sleep(0.5)  # let the whole payload arrive
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                for _ in range(10_000):
+                    ticks += 1
+                    await asyncio.sleep(0)
+
+            other = asyncio.create_task(ticker())
+            await asyncio.sleep(0)  # the ticker starts
+            before = ticks
+            got = bytearray()
+            for _ in range(len(payload)):  # bounded: each read takes a byte or more
+                if len(got) >= len(payload):
+                    break
+                data = await stream.read(1000)
+                assert data, "the stream ended early"
+                got += data
+            assert bytes(got) == payload
+            assert ticks > before, "the read loop never let another task run"
+            other.cancel()
+            writer.write_eof()
             await asyncio.wait_for(task, WAIT)
             writer.close()
 

@@ -87,18 +87,23 @@ where
     Ok(future)
 }
 
-/// An asyncio future of the running loop, already done with `result`: for an answer known
-/// at the call (bytes already buffered), at the cost of two Python calls instead of a task,
-/// a blocking-pool thread and a `call_soon_threadsafe` wakeup of the loop.
+/// The running asyncio loop; `RuntimeError` outside one.
+pub(crate) fn running_loop(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("asyncio")?.call_method0("get_running_loop")
+}
+
+/// A future of `event_loop`, already done with `result`: for an answer known at the call
+/// (bytes already buffered), at the cost of two Python calls instead of a task, a
+/// blocking-pool thread and a `call_soon_threadsafe` wakeup of the loop. Awaiting it does
+/// not yield to the loop; callers bound how often they answer this way.
 pub(crate) fn ready<'py>(
-    py: Python<'py>,
+    event_loop: &Bound<'py, PyAny>,
     result: PyResult<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;
     match result {
         Ok(value) => future.call_method1("set_result", (value,))?,
-        Err(e) => future.call_method1("set_exception", (e.into_value(py),))?,
+        Err(e) => future.call_method1("set_exception", (e.into_value(event_loop.py()),))?,
     };
     Ok(future)
 }

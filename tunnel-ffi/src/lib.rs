@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use pyo3::prelude::*;
 
-pub(crate) use bridge::{awaitable, ready};
+pub(crate) use bridge::{awaitable, ready, running_loop};
 
 mod bridge;
 mod config;

@@ -20,6 +20,7 @@
 //!   whole by the writer task → yamux frames of at most 16 KiB.
 
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -30,10 +31,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{awaitable, block_on, errors, ready};
+use crate::{awaitable, block_on, errors, ready, running_loop};
 
 /// Largest single read: bounds the read buffer a stream keeps (see [`Reader`]).
 const MAX_READ: usize = 1 << 20;
+/// Reads in a row that [`Shared::read_now`] may answer at once before one is awaited: an
+/// awaited read hands control back to the event loop, which a done awaitable does not. The
+/// read half is refilled by tokio's threads while Python reads, so without this bound a
+/// `while data := await r.read(n)` loop could starve every other task (and its own
+/// timeouts and cancellation) for as long as data keeps coming.
+const READS_BEFORE_YIELD: usize = 16;
 /// `drain()` returns once at most this many bytes wait in the write queue (asyncio's
 /// default low-water mark is 16 KiB; larger keeps the tunnel busy while Python refills it).
 const DRAIN_LOW_WATER: usize = 64 * 1024;
@@ -75,6 +82,11 @@ struct Queue {
 /// What readers, writers and the writer task share.
 struct Shared {
     reader: tokio::sync::Mutex<Option<Reader>>,
+    /// Awaited reads issued and not finished (see [`Awaiting`]): while any is, a new read
+    /// must queue behind it, so [`Shared::read_now`] stands aside.
+    awaiting: AtomicUsize,
+    /// Reads answered at once since the last awaited one (see [`READS_BEFORE_YIELD`]).
+    at_once: AtomicUsize,
     /// Cancelled by `close()`/`abort()`: pending reads end, further reads see end of stream.
     closing: CancellationToken,
     /// Cancelled once both halves are released.
@@ -115,6 +127,8 @@ impl Stream {
                 half: read,
                 buf: Vec::new(),
             })),
+            awaiting: AtomicUsize::new(0),
+            at_once: AtomicUsize::new(0),
             closing: CancellationToken::new(),
             finished: CancellationToken::new(),
             queue: Mutex::new(Queue::default()),
@@ -183,9 +197,15 @@ impl Shared {
     }
 
     /// A read that needs no waiting: bytes already buffered, end of stream, an error, or
-    /// the stream closed. `None` when it would wait, or while another read holds the read
-    /// half (the lock is fair, so reads keep their order): then it is awaited as usual.
+    /// the stream closed. `None` when it would wait, while an earlier awaited read is not
+    /// finished (reads keep the order they were issued in), or once every
+    /// [`READS_BEFORE_YIELD`] reads: then it is awaited as usual.
     fn read_now<'py>(&self, py: Python<'py>, max: usize) -> Option<PyResult<Bound<'py, PyBytes>>> {
+        if self.awaiting.load(Ordering::SeqCst) > 0
+            || self.at_once.fetch_add(1, Ordering::SeqCst) >= READS_BEFORE_YIELD
+        {
+            return None;
+        }
         if self.closing.is_cancelled() {
             return Some(Ok(PyBytes::new(py, b"")));
         }
@@ -200,10 +220,22 @@ impl Shared {
         // Polled once with a no-op waker: if it would wait, the awaited read that follows
         // polls again and registers its own waker, and no byte is taken meanwhile.
         let _runtime = crate::runtime().enter();
-        match half.read(&mut buf[..want]).now_or_never()? {
-            Ok(n) => Some(Ok(PyBytes::new(py, &buf[..n]))),
-            Err(e) => Some(Err(errors::io(e))),
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            half.read(&mut buf[..want]).now_or_never()
+        }));
+        match polled {
+            Ok(None) => None,
+            Ok(Some(Ok(n))) => Some(Ok(PyBytes::new(py, &buf[..n]))),
+            Ok(Some(Err(e))) => Some(Err(errors::io(e))),
+            Err(panic) => Some(Err(errors::from_panic(&*panic))),
         }
+    }
+
+    /// Registers an awaited read before it is spawned; see [`Awaiting`].
+    fn awaited(self: &Arc<Self>) -> Awaiting {
+        self.awaiting.fetch_add(1, Ordering::SeqCst);
+        self.at_once.store(0, Ordering::SeqCst);
+        Awaiting(self.clone())
     }
 
     async fn read(&self, max: usize) -> PyResult<Vec<u8>> {
@@ -250,6 +282,16 @@ impl Shared {
             .take();
         drop(session);
         self.finished.cancel();
+    }
+}
+
+/// One awaited read in flight, from its call until its future finishes or is dropped
+/// (cancelled, or never polled).
+struct Awaiting(Arc<Shared>);
+
+impl Drop for Awaiting {
+    fn drop(&mut self) {
+        self.0.awaiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -337,11 +379,17 @@ async fn write_counted(
 impl Stream {
     /// Awaitable: up to `n` bytes; `b""` at end of stream or after `close()`.
     fn read<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyAny>> {
+        // The loop first: without one, this raises before any byte is taken.
+        let event_loop = running_loop(py)?;
         if let Some(result) = self.shared.read_now(py, n) {
-            return ready(py, result.map(Bound::into_any));
+            return ready(&event_loop, result.map(Bound::into_any));
         }
-        let shared = self.shared.clone();
-        awaitable(py, async move { shared.read(n).await })
+        let awaiting = self.shared.awaited();
+        awaitable(py, async move {
+            let data = awaiting.0.read(n).await;
+            drop(awaiting);
+            data
+        })
     }
 
     /// Blocking `read`: up to `n` bytes, or `TimeoutError` after `timeout` seconds.
@@ -355,8 +403,8 @@ impl Stream {
         if let Some(result) = self.shared.read_now(py, n) {
             return result;
         }
-        let shared = self.shared.clone();
-        let data = block_on(py, timeout, async move { shared.read(n).await })?;
+        let awaiting = self.shared.awaited();
+        let data = block_on(py, timeout, async move { awaiting.0.read(n).await })?;
         Ok(PyBytes::new(py, &data))
     }
 

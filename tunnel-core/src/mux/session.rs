@@ -29,8 +29,10 @@ use crate::stream::Stream;
 const ACCEPT_BACKLOG: usize = 256;
 /// Largest yamux data frame body: header (12 bytes) + body fill one 16 KiB TLS record.
 const SPLIT_SEND_SIZE: usize = 16 * 1024 - 12;
-/// Commands queued to the driver before senders wait. Each open request holds a stream
-/// permit before it queues, so the queue never holds more than the permits allow.
+/// Open requests the driver's queue holds before a handle's next request waits. Each
+/// request queues on a fresh clone of the sender, which a futures channel always lets
+/// queue one message, so the bound that holds is the stream permits: a request takes one
+/// before it queues (a timed-out request stays queued until the driver skips it).
 const COMMAND_QUEUE: usize = 64;
 /// How long a local close may spend flushing the streams' last bytes and the GoAway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -195,7 +197,8 @@ impl Session {
             permits: Arc::new(Semaphore::new(permits)),
         });
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
-        let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG);
+        // A futures channel holds `buffer` + one per sender: the driver is the only one.
+        let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG - 1);
         let done = CancellationToken::new();
         let close = CancellationToken::new();
         let unstarted = Unstarted {

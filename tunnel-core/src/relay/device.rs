@@ -282,7 +282,6 @@ mod tests {
         assert!(device < SMALL, "device session task: {device} bytes");
         assert!(access < SMALL, "access session task: {access} bytes");
         let connection = connection_future_size(super::super::connection);
-        eprintln!("SIZES {device} {access} {connection}");
         assert!(
             connection < device.max(access) + 256,
             "connection task: {connection} bytes, around a session of {device}"
