@@ -68,6 +68,18 @@ struct Reader {
     buf: Vec<u8>,
 }
 
+impl Reader {
+    /// Reads up to `max` bytes (at most [`MAX_READ`]) into the reused buffer.
+    async fn read(&mut self, max: usize) -> io::Result<&[u8]> {
+        let want = max.clamp(1, MAX_READ);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0); // zeroed once here, never again by `Compat`
+        }
+        let n = self.half.read(&mut self.buf[..want]).await?;
+        Ok(&self.buf[..n])
+    }
+}
+
 /// The write queue, shared by `write()` and the writer task.
 #[derive(Default)]
 struct Queue {
@@ -209,23 +221,20 @@ impl Shared {
         if self.closing.is_cancelled() {
             return Some(Ok(PyBytes::new(py, b"")));
         }
-        let mut reader = self.reader.try_lock().ok()?;
-        let Some(Reader { half, buf }) = reader.as_mut() else {
+        let mut guard = self.reader.try_lock().ok()?;
+        let Some(reader) = guard.as_mut() else {
             return Some(Ok(PyBytes::new(py, b"")));
         };
-        let want = max.clamp(1, MAX_READ);
-        if buf.len() < want {
-            buf.resize(want, 0); // zeroed once here, never again by `Compat` (see `Reader`)
-        }
         // Polled once with a no-op waker: if it would wait, the awaited read that follows
         // polls again and registers its own waker, and no byte is taken meanwhile.
         let _runtime = crate::runtime().enter();
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            half.read(&mut buf[..want]).now_or_never()
+            let read = reader.read(max).now_or_never()?;
+            Some(read.map(<[u8]>::len))
         }));
         match polled {
             Ok(None) => None,
-            Ok(Some(Ok(n))) => Some(Ok(PyBytes::new(py, &buf[..n]))),
+            Ok(Some(Ok(n))) => Some(Ok(PyBytes::new(py, &reader.buf[..n]))),
             Ok(Some(Err(e))) => Some(Err(errors::io(e))),
             Err(panic) => Some(Err(errors::from_panic(&*panic))),
         }
@@ -239,19 +248,12 @@ impl Shared {
     }
 
     async fn read(&self, max: usize) -> PyResult<Vec<u8>> {
-        let mut reader = self.reader.lock().await;
-        let Some(Reader { half, buf }) = reader.as_mut() else {
+        let mut guard = self.reader.lock().await;
+        let Some(reader) = guard.as_mut() else {
             return Ok(Vec::new());
         };
-        let want = max.clamp(1, MAX_READ);
-        if buf.len() < want {
-            buf.resize(want, 0); // zeroed once here, never again by `Compat` (see `Reader`)
-        }
         tokio::select! {
-            n = half.read(&mut buf[..want]) => {
-                let n = n.map_err(errors::io)?;
-                Ok(buf[..n].to_vec())
-            }
+            data = reader.read(max) => Ok(data.map_err(errors::io)?.to_vec()),
             () = self.closing.cancelled() => Ok(Vec::new()),
         }
     }
@@ -385,11 +387,8 @@ impl Stream {
             return ready(&event_loop, result.map(Bound::into_any));
         }
         let awaiting = self.shared.awaited();
-        awaitable(py, async move {
-            let data = awaiting.0.read(n).await;
-            drop(awaiting);
-            data
-        })
+        // `awaiting` lives as long as the read's future: done, cancelled or never polled.
+        awaitable(py, async move { awaiting.0.read(n).await })
     }
 
     /// Blocking `read`: up to `n` bytes, or `TimeoutError` after `timeout` seconds.
