@@ -24,8 +24,8 @@ use crate::protocol::{
 /// - Dropping the stream without `shutdown()` resets it; the far end reads an error.
 /// - If the session under the stream dies (relay gone, heartbeat lost), reads and writes
 ///   fail with `ConnectionReset`; an abrupt failure never looks like a clean end of stream.
-///   One limit: after *you* have shut down your write half, a reset by the far side reads
-///   as end of stream (yamux cannot tell the two apart once both halves are closed).
+///   A reset by the far end reads as `ConnectionReset` too, after the bytes it sent
+///   before it.
 /// - A stream from [`Dialer::dial_early`](crate::Dialer::dial_early) reads the relay's
 ///   answer on its first read: a refusal is that read's error (see there).
 pub struct Stream {
@@ -34,7 +34,6 @@ pub struct Stream {
     /// Completes when the session ends; polled whenever the stream would wait, so no
     /// reader or writer outlives its session.
     ended: Pin<Box<WaitForCancellationFutureOwned>>,
-    write_closed: bool,
     /// The opener's answer, when it is read lazily (early data).
     answer: Answer,
     /// This stream's slot in the session's stream limit, freed on drop.
@@ -52,7 +51,6 @@ impl Stream {
             inner,
             session,
             ended,
-            write_closed: false,
             answer: Answer::Ok,
             _permit: permit,
         }
@@ -156,7 +154,7 @@ fn lost() -> io::Error {
 impl std::fmt::Debug for Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Stream")
-            .field("id", &self.inner.get_ref().id())
+            .field("id", &self.inner.id())
             .finish()
     }
 }
@@ -180,12 +178,6 @@ impl AsyncRead for Stream {
             // End of stream: tell a FIN from a reset or a lost session.
             if this.session.is_dead() {
                 return Poll::Ready(Err(lost()));
-            }
-            if this.inner.get_ref().is_closed() && !this.write_closed {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "stream reset by the far end",
-                )));
             }
         }
         Poll::Ready(Ok(()))
@@ -235,11 +227,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Ready(res) => {
-                res.map_err(|e| reset_if_dead(e, &this.session))?;
-                this.write_closed = true;
-                Poll::Ready(Ok(()))
-            }
+            Poll::Ready(res) => Poll::Ready(res.map_err(|e| reset_if_dead(e, &this.session))),
             Poll::Pending => this.pending_or_lost(cx),
         }
     }

@@ -16,7 +16,7 @@ use super::heartbeat::heartbeat;
 use crate::auth::Token;
 use crate::config::{Limits, MIN_HEARTBEAT};
 use crate::error::ConnectError;
-use crate::mux::{Inbound, Opener, Session};
+use crate::mux::{Inbound, Opener, Session, Side};
 use crate::protocol::validate::printable;
 use crate::protocol::{self, HANDSHAKE_TIMEOUT, MAX_HELLO_LEN, Message, Role, version_of};
 
@@ -195,8 +195,7 @@ async fn connect_to(
         Role::Access => Opener::Local,
         Role::Device => Opener::Remote,
     };
-    let (session, inbound) =
-        Session::spawn(tls, &limits, opener, yamux::Mode::Client, span.clone());
+    let (session, inbound) = Session::spawn(tls, &limits, opener, Side::Client, span.clone());
     tokio::spawn(heartbeat(session.clone(), interval).instrument(span));
     Ok(Connected {
         relay: relay.to_owned(),

@@ -1,43 +1,56 @@
-//! The yamux session driver: one private task owns the `yamux::Connection` and does all of
-//! its I/O; [`Session`] is the cheap handle that opens streams and closes the session.
+//! The yamux session: [`Session`], the cheap handle that opens streams and closes the
+//! session, and the one private driver task per connection that does all of its I/O.
+//!
+//! Streams open without a round trip through the driver: an open takes an ID under the
+//! session's lock, and the stream's first frame (with its first bytes) announces it. The
+//! driver reads whole chunks from the socket, hands complete frames to the session state,
+//! and writes the frames every stream queued in one go, flushing once per round.
 //!
 //! The driver knows nothing of the tunnel protocol. A caller that must write something on
 //! the socket before yamux starts (the relay's welcome) creates the session with
-//! [`Session::prepare`], writes, then [`Unstarted::start`]s it: opens issued meanwhile wait
-//! in the bounded command queue.
+//! [`Session::prepare`], writes, then [`Unstarted::start`]s it: frames queued meanwhile
+//! wait for the driver.
 
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use futures::StreamExt;
 use futures::channel::mpsc;
-use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, TryAcquireError, oneshot};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug};
 
-use super::link::{Flush, Link, LinkIo};
+use super::conn::{Conn, End, OpenFail, ProtocolError, Side};
+use super::frame::{GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR};
+use super::stream::RawStream;
 use crate::config::Limits;
 use crate::protocol::STREAM_OPEN_TIMEOUT;
 use crate::stream::Stream;
+use crate::util::lock;
 
 /// Streams the peer opened that we have not accepted yet; beyond this, new ones are reset.
-/// Matches yamux's ACK backlog, so a well-behaved peer never hits it.
+/// Matches the spec's ACK backlog, so a well-behaved peer never hits it.
 const ACCEPT_BACKLOG: usize = 256;
-/// Largest yamux data frame body: header (12 bytes) + body fill one 16 KiB TLS record.
-const SPLIT_SEND_SIZE: usize = 16 * 1024 - 12;
-/// Open requests the driver's queue holds before a handle's next request waits. Each
-/// request queues on a fresh clone of the sender, which a futures channel always lets
-/// queue one message, so the bound that holds is the stream permits: a request takes one
-/// before it queues (a timed-out request stays queued until the driver skips it).
-const COMMAND_QUEUE: usize = 64;
 /// How long a local close may spend flushing the streams' last bytes and the GoAway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Iterations of the driver loop before it yields to the scheduler.
 const POLL_BUDGET: usize = 64;
+/// Read buffer the driver allocates while bytes flow: four full TLS records per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// An idle session holds no read buffer: it waits on a stack buffer of this size, and a
+/// read that fits it (a heartbeat, a keystroke) frees the read buffer again once parsed.
+const READ_PROBE: usize = 2048;
+/// A write round that moved less than this frees the write buffer: a quiet session holds
+/// no buffer between rounds, which keeps idle devices cheap.
+const KEEP_WRITE_BUFFER_AFTER: usize = 16 * 1024;
 
 /// An open request could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -50,30 +63,43 @@ pub(crate) enum OpenError {
     Timeout,
 }
 
-enum Command {
-    Open(oneshot::Sender<Result<yamux::Stream, yamux::ConnectionError>>),
-}
-
 /// State shared by the handle, the driver and every stream of one session.
 #[derive(Debug)]
 pub(crate) struct SessionState {
-    /// Set as soon as the connection under yamux fails or the session is closed, *before*
-    /// yamux wakes the streams; a stream reading end-of-stream after that reports an error.
+    /// Set as soon as the connection under yamux fails or the session is closed, before
+    /// the streams are woken.
     dead: AtomicBool,
-    /// Cancelled when the session is over for any reason. Streams wait on it too: yamux
-    /// does not wake streams after a graceful close, so without it a reader could hang.
+    /// Cancelled when the session is over for any reason.
     pub(crate) ended: CancellationToken,
-    /// One permit per open stream, in both directions. yamux ends the *whole* session when
-    /// an open exceeds its own stream limit, so we count first and fail just that stream.
+    /// One permit per open stream, in both directions: the configured limit, below the
+    /// yamux-level one in [`Conn`], so an open over it fails just that stream.
     permits: Arc<Semaphore>,
+    /// The streams, their windows and the frames to write.
+    pub(super) conn: Mutex<Conn>,
+    /// The driver task, woken when frames are queued for an idle driver.
+    pub(super) driver: AtomicWaker,
+    /// Opens waiting for the peer to acknowledge earlier streams.
+    pub(super) acks: Notify,
+    /// Every [`Session`] handle and the [`Inbound`] receiver are gone.
+    handles_gone: AtomicBool,
 }
 
 impl SessionState {
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
     }
-    pub(super) fn mark_dead(&self) {
+    fn mark_dead(&self) {
         self.dead.store(true, Ordering::Release);
+    }
+    /// Ends the session for every stream, and wakes them and any waiting open.
+    fn end(&self, how: End) {
+        let wake = {
+            let mut conn = lock(&self.conn);
+            conn.end(how);
+            std::mem::take(&mut conn.wake)
+        };
+        wake.into_iter().for_each(std::task::Waker::wake);
+        self.acks.notify_waiters();
     }
 }
 
@@ -88,39 +114,49 @@ pub(crate) enum Opener {
     Remote,
 }
 
+/// Marks the session's handles gone when the last one drops, and wakes the driver.
+#[derive(Debug)]
+struct Handles(Arc<SessionState>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.handles_gone.store(true, Ordering::Release);
+        self.0.driver.wake();
+    }
+}
+
 /// Handle to one yamux session. Cloning is cheap; the session ends when [`Session::close`]
 /// is called, the peer goes away, or every handle and the inbound receiver are dropped.
 #[derive(Clone, Debug)]
 pub(crate) struct Session {
-    commands: mpsc::Sender<Command>,
     close: CancellationToken,
     /// Cancelled once the driver is gone (ended, dropped with its runtime, or never started).
     done: CancellationToken,
     pub(crate) state: Arc<SessionState>,
+    _handles: Arc<Handles>,
 }
 
 /// Streams opened by the peer, in a bounded queue of [`ACCEPT_BACKLOG`].
 ///
-/// The session's two queues (this one and the open requests) are `futures` channels, which
-/// allocate per message, not tokio's: a tokio channel allocates its first block of 32 slots
-/// when it is created, used or not, and pads its shared state to cache lines, which cost
-/// every idle device 2 KiB in the relay (heaptrack, benches/RESULTS.md). Streams wait
-/// boxed, so a queued one costs a small node.
-pub(crate) struct Inbound(mpsc::Receiver<Box<Stream>>);
+/// A `futures` channel, which allocates per message, not tokio's: a tokio channel allocates
+/// its first block of 32 slots when it is created, used or not, and pads its shared state to
+/// cache lines, which cost every idle device 1 KiB in the relay (heaptrack,
+/// benches/RESULTS.md). Streams wait boxed, so a queued one costs a small node.
+pub(crate) struct Inbound {
+    streams: mpsc::Receiver<Box<Stream>>,
+    _handles: Arc<Handles>,
+}
 
 impl Inbound {
     /// The next stream the peer opened; `None` once the session ended.
     pub(crate) async fn recv(&mut self) -> Option<Stream> {
-        self.0.next().await.map(|stream| *stream)
+        self.streams.next().await.map(|stream| *stream)
     }
 }
 
-/// A session whose driver has not started: its handle already queues opens, and nothing is
-/// read from or written to the socket until [`Unstarted::start`].
+/// A session whose driver has not started: its handle already opens streams, and nothing
+/// is read from or written to the socket until [`Unstarted::start`].
 pub(crate) struct Unstarted {
-    config: yamux::Config,
-    mode: yamux::Mode,
-    commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<Box<Stream>>,
     /// Cancels the handles' `done` when dropped: by the driver task when it ends or is
     /// dropped, or here if the session never starts.
@@ -135,13 +171,18 @@ impl Unstarted {
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let link = Arc::new(Mutex::new(Link::new(io, self.state.clone())));
         let driver = Driver {
-            conn: yamux::Connection::new(LinkIo(link.clone()).compat(), self.config, self.mode),
-            link,
-            commands: self.commands,
-            inbound: self.inbound,
+            io,
             state: self.state,
+            inbound: self.inbound,
+            read: BytesMut::new(),
+            idle: true,
+            writing: Vec::new(),
+            written: 0,
+            round: 0,
+            unflushed: false,
+            accepted: Vec::new(),
+            eof: false,
         };
         let (close, done) = (self.close, self.done);
         tokio::spawn(
@@ -156,6 +197,7 @@ impl Unstarted {
     /// Gives up on a session that will never start: every handle sees it closed.
     pub(crate) fn abandon(self) {
         self.state.mark_dead();
+        self.state.end(End::Lost);
         self.state.ended.cancel();
         drop(self.done);
     }
@@ -167,13 +209,13 @@ impl Session {
         io: T,
         limits: &Limits,
         opener: Opener,
-        mode: yamux::Mode,
+        side: Side,
         span: tracing::Span,
     ) -> (Self, Inbound)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (session, inbound, unstarted) = Self::prepare(limits, opener, mode);
+        let (session, inbound, unstarted) = Self::prepare(limits, opener, side);
         unstarted.start(io, span);
         (session, inbound)
     }
@@ -183,7 +225,7 @@ impl Session {
     pub(crate) fn prepare(
         limits: &Limits,
         opener: Opener,
-        mode: yamux::Mode,
+        side: Side,
     ) -> (Self, Inbound, Unstarted) {
         let permits = match opener {
             Opener::Local => {
@@ -191,32 +233,40 @@ impl Session {
             }
             Opener::Remote => limits.max_streams,
         };
+        let streams = limits.yamux_streams();
+        // `Limits::validate` keeps the window within a u32; `Conn` clamps it per stream.
+        let window = u32::try_from(limits.receive_window / streams).unwrap_or(u32::MAX);
         let state = Arc::new(SessionState {
             dead: AtomicBool::new(false),
             ended: CancellationToken::new(),
             permits: Arc::new(Semaphore::new(permits)),
+            conn: Mutex::new(Conn::new(side, window, streams)),
+            driver: AtomicWaker::new(),
+            acks: Notify::new(),
+            handles_gone: AtomicBool::new(false),
         });
-        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         // A futures channel holds `buffer` + one per sender: the driver is the only one.
         let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG - 1);
         let done = CancellationToken::new();
         let close = CancellationToken::new();
+        let handles = Arc::new(Handles(state.clone()));
         let unstarted = Unstarted {
-            config: yamux_config(limits),
-            mode,
-            commands: cmd_rx,
             inbound: in_tx,
             done: done.clone().drop_guard(),
             close: close.clone(),
             state: state.clone(),
         };
         let session = Self {
-            commands: cmd_tx,
             close,
             done,
             state,
+            _handles: handles.clone(),
         };
-        (session, Inbound(in_rx), unstarted)
+        let inbound = Inbound {
+            streams: in_rx,
+            _handles: handles,
+        };
+        (session, inbound, unstarted)
     }
 
     /// Opens a stream. The peer sees it only once something is written on it; it waits
@@ -227,23 +277,25 @@ impl Session {
             Err(TryAcquireError::NoPermits) => return Err(OpenError::TooManyStreams),
             Err(TryAcquireError::Closed) => return Err(OpenError::Closed),
         };
-        let (tx, rx) = oneshot::channel();
         let request = async {
-            // A clone per request: a futures sender may always queue one message.
-            self.commands
-                .clone()
-                .send(Command::Open(tx))
-                .await
-                .map_err(|_| OpenError::Closed)?;
-            match rx.await {
-                Ok(Ok(raw)) => Ok(Stream::new(raw.compat(), self.state.clone(), permit)),
-                Ok(Err(yamux::ConnectionError::TooManyStreams)) => Err(OpenError::TooManyStreams),
-                Ok(Err(_)) | Err(_) => Err(OpenError::Closed),
+            loop {
+                let acked = self.state.acks.notified();
+                tokio::pin!(acked);
+                acked.as_mut().enable();
+                match lock(&self.state.conn).open() {
+                    Ok(id) => return Ok(id),
+                    Err(OpenFail::Backlog) => {}
+                    Err(OpenFail::TooMany) => return Err(OpenError::TooManyStreams),
+                    Err(OpenFail::Closed) => return Err(OpenError::Closed),
+                }
+                acked.await;
             }
         };
-        tokio::time::timeout(STREAM_OPEN_TIMEOUT, request)
+        let id = tokio::time::timeout(STREAM_OPEN_TIMEOUT, request)
             .await
-            .map_err(|_| OpenError::Timeout)?
+            .map_err(|_| OpenError::Timeout)??;
+        let raw = RawStream::new(id, self.state.clone());
+        Ok(Stream::new(raw, self.state.clone(), permit))
     }
 
     /// Closes the session: the driver drops the socket, and every stream fails with
@@ -268,116 +320,218 @@ impl Session {
     }
 }
 
-fn yamux_config(limits: &Limits) -> yamux::Config {
-    let mut cfg = yamux::Config::default();
-    // Headroom over our own permit count: yamux still counts streams whose handles were
-    // just dropped, and a peer over yamux's limit kills the session.
-    let max_streams = limits.yamux_streams();
-    // Order matters: yamux asserts window >= streams * 256 KiB on every setter call, so
-    // shrink the stream count before the window. `Limits` validated the pair already.
-    cfg.set_max_num_streams(max_streams);
-    cfg.set_max_connection_receive_window(Some(limits.receive_window));
-    cfg.set_split_send_size(SPLIT_SEND_SIZE);
-    cfg
+/// Why the driver stopped.
+enum Outcome {
+    ClosedLocally,
+    ClosedByPeer,
+    HandlesDropped,
+    Failed(io::Error),
+    Protocol(ProtocolError),
 }
 
 struct Driver<T> {
-    conn: yamux::Connection<T>,
-    /// The socket under `conn`, for the flush at the end of each round.
-    link: Arc<dyn Flush>,
-    commands: mpsc::Receiver<Command>,
-    inbound: mpsc::Sender<Box<Stream>>,
+    io: T,
     state: Arc<SessionState>,
+    inbound: mpsc::Sender<Box<Stream>>,
+    /// Bytes read and not parsed yet (a partial frame); no allocation while idle.
+    read: BytesMut,
+    /// No read buffer is held: the next read goes to a stack buffer first.
+    idle: bool,
+    /// Frames taken from the session for writing; `written` of them are on the socket.
+    writing: Vec<u8>,
+    written: usize,
+    /// Bytes written since the write buffer was last emptied.
+    round: usize,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// Streams the peer opened in the last input, to hand out.
+    accepted: Vec<u32>,
+    eof: bool,
 }
 
-impl<T: futures::AsyncRead + futures::AsyncWrite + Unpin> Driver<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     async fn run(mut self, close: CancellationToken) {
         let outcome = tokio::select! {
             // A local close wins over a simultaneous "all handles dropped".
             biased;
-            () = close.cancelled() => "closed locally".to_owned(),
+            () = close.cancelled() => Outcome::ClosedLocally,
             outcome = self.serve() => outcome,
         };
-        // Flush what streams already wrote (a last reply, a FIN), then GoAway and a TLS
-        // close_notify; returns at once on a connection that already failed. yamux forgets
-        // its streams here without waking them: `ended` wakes them instead.
-        let closing = std::future::poll_fn(|cx| self.conn.poll_close(cx));
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, closing).await;
-        // Not `mark_dead` here: after a graceful end (GoAway, close_notify) a stream that
-        // received its FIN ends cleanly. Failures were marked where they were seen.
+        let (how, goodbye) = match &outcome {
+            Outcome::ClosedLocally => {
+                lock(&self.state.conn).go_away(GO_AWAY_NORMAL);
+                (End::Lost, true)
+            }
+            Outcome::HandlesDropped | Outcome::ClosedByPeer => (End::Clean, true),
+            Outcome::Failed(_) => (End::Lost, false),
+            Outcome::Protocol(_) => {
+                lock(&self.state.conn).go_away(GO_AWAY_PROTOCOL_ERROR);
+                (End::Lost, true)
+            }
+        };
+        if how == End::Lost {
+            self.state.mark_dead();
+        }
+        // A clean end queues a GoAway; streams fail from here on, so nothing else queues.
+        self.state.end(how);
+        if goodbye {
+            // Flush what streams already wrote (a last reply, a FIN), the GoAway, then a TLS
+            // close_notify; gives up at once on a connection that already failed.
+            let goodbye = async {
+                std::future::poll_fn(|cx| self.poll_write_out(cx).map_ok(|_| ())).await?;
+                self.io.shutdown().await
+            };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+        }
         self.state.ended.cancel();
-        debug!(outcome, "session ended");
+        match outcome {
+            Outcome::ClosedLocally => debug!("session ended: closed locally"),
+            Outcome::ClosedByPeer => debug!("session ended: closed by peer"),
+            Outcome::HandlesDropped => debug!("session ended: all handles dropped"),
+            Outcome::Failed(e) => debug!("session ended: connection error: {e}"),
+            Outcome::Protocol(e) => debug!("session ended: yamux protocol error: {e}"),
+        }
     }
 
-    /// Serves open requests and inbound streams in one poll loop: `poll_next_inbound` does
-    /// all reading and writing, so it is polled on every turn, and an open waiting for the
-    /// ACK backlog sees the ACKs that release it.
-    async fn serve(&mut self) -> String {
-        let mut pending: Option<oneshot::Sender<_>> = None;
-        let mut commands_open = true;
+    /// Reads, parses and writes until the session ends: every turn reads what the socket
+    /// has, hands out the streams the peer opened, and writes what the streams queued.
+    async fn serve(&mut self) -> Outcome {
         std::future::poll_fn(|cx| {
+            self.state.driver.register(cx.waker());
             for _ in 0..POLL_BUDGET {
-                if pending.is_none() && commands_open {
-                    match self.commands.poll_next_unpin(cx) {
-                        Poll::Ready(Some(Command::Open(tx))) => pending = Some(tx),
-                        Poll::Ready(None) => commands_open = false,
+                if self.state.handles_gone.load(Ordering::Acquire) {
+                    return Poll::Ready(Outcome::HandlesDropped);
+                }
+                let mut progress = false;
+                if !self.eof {
+                    match self.poll_input(cx) {
+                        Poll::Ready(Ok(true)) => progress = true,
+                        Poll::Ready(Ok(false)) => self.eof = true,
+                        Poll::Ready(Err(outcome)) => return Poll::Ready(outcome),
                         Poll::Pending => {}
                     }
                 }
-                if pending.as_ref().is_some_and(|tx| tx.is_closed()) {
-                    pending = None; // the caller gave up
-                    continue;
-                }
-                if pending.is_some()
-                    && let Poll::Ready(result) = self.conn.poll_new_outbound(cx)
-                {
-                    if let Some(tx) = pending.take() {
-                        let _ = tx.send(result);
-                    }
-                    continue;
-                }
-                match self.conn.poll_next_inbound(cx) {
-                    Poll::Ready(Some(Ok(raw))) => {
-                        // Dropping a stream resets it: the peer learns at once.
-                        let Ok(permit) = self.state.permits.clone().try_acquire_owned() else {
-                            debug!("stream limit reached; resetting inbound stream");
-                            continue;
-                        };
-                        let stream = Stream::new(raw.compat(), self.state.clone(), permit);
-                        if self.inbound.try_send(Box::new(stream)).is_err() {
-                            debug!("accept backlog full or closed; resetting inbound stream");
-                        }
-                    }
-                    Poll::Ready(Some(Err(e))) => {
+                match self.poll_write_out(cx) {
+                    Poll::Ready(Ok(wrote)) => progress |= wrote,
+                    Poll::Ready(Err(e)) => {
                         self.state.mark_dead();
-                        return Poll::Ready(format!("connection error: {e}"));
+                        return Poll::Ready(Outcome::Failed(e));
                     }
-                    Poll::Ready(None) => return Poll::Ready("closed by peer".to_owned()),
-                    Poll::Pending => {
-                        if !commands_open && self.inbound.is_closed() {
-                            return Poll::Ready("all handles dropped".to_owned());
-                        }
-                        return self.flush(cx);
-                    }
+                    Poll::Pending => {}
+                }
+                if self.eof {
+                    return Poll::Ready(Outcome::ClosedByPeer);
+                }
+                if !progress {
+                    return Poll::Pending;
                 }
             }
             cx.waker().wake_by_ref();
-            self.flush(cx)
+            Poll::Pending
         })
         .await
     }
-}
 
-impl<T> Driver<T> {
-    /// Sends what yamux wrote during this round; yamux has nothing more to do for now.
-    /// `Pending` either way: the socket wakes the driver when it can take more.
-    fn flush(&self, cx: &mut Context<'_>) -> Poll<String> {
-        match self.link.poll_flush(cx) {
-            Poll::Ready(Err(e)) => Poll::Ready(format!("connection error: {e}")),
-            _ => Poll::Pending,
+    /// Reads what the socket has and feeds the complete frames to the session. `Ok(false)`
+    /// at the end of the connection.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Outcome>> {
+        let n = match ready!(self.poll_read(cx)) {
+            Ok(n) => n,
+            Err(e) => {
+                self.state.mark_dead();
+                return Poll::Ready(Err(Outcome::Failed(e)));
+            }
+        };
+        if n == 0 {
+            return Poll::Ready(Ok(false));
         }
+        let (parsed, wake) = {
+            let mut conn = lock(&self.state.conn);
+            let parsed = conn.input(&mut self.read, &mut self.accepted);
+            (parsed, std::mem::take(&mut conn.wake))
+        };
+        wake.into_iter().for_each(std::task::Waker::wake);
+        let need = parsed.map_err(Outcome::Protocol)?;
+        if self.read.is_empty() && n < READ_PROBE {
+            self.read = BytesMut::new();
+            self.idle = true;
+        } else if self.read.capacity() < need {
+            self.read.reserve(need - self.read.len());
+        }
+        let moved = std::mem::take(&mut lock(&self.state.conn).backlog_moved);
+        if moved {
+            self.state.acks.notify_waiters();
+        }
+        for id in self.accepted.drain(..) {
+            // Dropping a stream resets it: the peer learns at once.
+            let raw = RawStream::new(id, self.state.clone());
+            let Ok(permit) = self.state.permits.clone().try_acquire_owned() else {
+                debug!("stream limit reached; resetting inbound stream");
+                continue;
+            };
+            let stream = Stream::new(raw, self.state.clone(), permit);
+            if self.inbound.try_send(Box::new(stream)).is_err() {
+                debug!("accept backlog full or closed; resetting inbound stream");
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// One read from the socket into the read buffer; `Ok(0)` at the end of the connection.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.idle {
+            let mut probe = [MaybeUninit::<u8>::uninit(); READ_PROBE];
+            let mut buf = ReadBuf::uninit(&mut probe);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            self.read = BytesMut::from(buf.filled());
+            self.idle = false;
+            return Poll::Ready(Ok(buf.filled().len()));
+        }
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            // Takes back the whole buffer when every frame in it was parsed.
+            self.read.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Writes the frames the streams queued, then flushes. `Ok(true)` if it wrote any;
+    /// `Pending` while the socket is full.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut wrote = false;
+        loop {
+            if self.written == self.writing.len() {
+                let wake = {
+                    let mut conn = lock(&self.state.conn);
+                    if conn.out.is_empty() {
+                        break;
+                    }
+                    if self.round < KEEP_WRITE_BUFFER_AFTER {
+                        self.writing = Vec::new();
+                    }
+                    conn.take_out(&mut self.writing);
+                    std::mem::take(&mut conn.wake)
+                };
+                wake.into_iter().for_each(std::task::Waker::wake);
+                self.written = 0;
+            }
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+            self.round += n;
+            self.unflushed = true;
+            wrote = true;
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
+            if self.round < KEEP_WRITE_BUFFER_AFTER {
+                self.writing = Vec::new();
+                self.written = 0;
+            }
+            self.round = 0;
+        }
+        Poll::Ready(Ok(wrote))
     }
 }
-
-/// A yamux stream in tokio's I/O traits.
-pub(crate) type RawStream = Compat<yamux::Stream>;

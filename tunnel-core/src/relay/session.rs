@@ -14,7 +14,7 @@ use super::meter::Metered;
 use super::{Inner, Tls, access};
 use crate::auth::Identity;
 use crate::config::HEARTBEAT_MISSES;
-use crate::mux::{Inbound, Opener, Session, Unstarted};
+use crate::mux::{Inbound, Opener, Session, Side, Unstarted};
 use crate::protocol::{
     self, HANDSHAKE_TIMEOUT, MAX_HEADER_LEN, Message, Role, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -173,7 +173,7 @@ pub(super) fn prepare(relay: &Inner, role: Role) -> (Session, Inbound, Unstarted
         Role::Device => Opener::Local,
         Role::Access => Opener::Remote,
     };
-    Session::prepare(&relay.limits, opener, yamux::Mode::Server)
+    Session::prepare(&relay.limits, opener, Side::Server)
 }
 
 /// Starts the driver of a prepared session on the connection, under the per-session meter.

@@ -1,0 +1,563 @@
+//! The state of one yamux session, without I/O: the stream table with its windows and read
+//! buffers, and the frames waiting to be written. Stream handles call into it under the
+//! session's lock (read, write, shut down, drop); the driver feeds it the bytes it reads
+//! ([`Conn::input`]) and writes out what it queued ([`Conn::out`]).
+//!
+//! Stream bytes are copied once on each side: from the read buffer into the stream's own
+//! buffer (so a stream that does not read pins nothing but its window), and from the
+//! writer straight into the frame queue that the driver hands to TLS. No frame allocates.
+
+use std::collections::HashMap;
+use std::io;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::ReadBuf;
+
+use super::frame::{
+    ACK, FIN, GO_AWAY_NORMAL, HEADER_LEN, Header, HeaderError, INITIAL_WINDOW, Kind, RST, SYN,
+};
+
+/// Largest data frame body we send: header and body fill one 16 KiB TLS record.
+pub(crate) const SPLIT_SEND_SIZE: usize = 16 * 1024 - HEADER_LEN;
+/// Frames queued for the driver past which writers wait: enough for the driver to hand TLS
+/// eight full records per round, small enough that a keystroke queued behind a bulk
+/// transfer leaves within a few hundred microseconds.
+pub(crate) const OUT_LIMIT: usize = 128 * 1024;
+/// Queued control frames (window updates, ping answers, resets) past which the session is
+/// ended: only a peer that sends pings or opens streams without ever reading our answers
+/// gets here, since stream data stops at [`OUT_LIMIT`].
+pub(crate) const OUT_HARD_LIMIT: usize = OUT_LIMIT + 1024 * 1024;
+/// Outbound streams the peer has not acknowledged yet past which opens wait (the spec's
+/// suggested backlog; a well-behaved peer acknowledges at once).
+pub(crate) const ACK_BACKLOG: usize = 256;
+/// Largest per-stream receive window we grant, whatever the configured session window.
+pub(crate) const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// A stream's read buffer is freed when a read empties it and it is larger than this: an
+/// idle stream after a transfer holds no buffer, a chatty one keeps a small one.
+const KEEP_RECV_BUFFER: usize = 4 * 1024;
+
+/// Which stream IDs this end opens: the spec gives odd ones to the client (the end that
+/// dialled the connection) and even ones to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Server,
+}
+
+/// How a session ended, for the streams still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// Closed in order (GoAway, end of file): streams that read their FIN still end
+    /// cleanly; every other read or write fails.
+    Clean,
+    /// Lost (I/O error, protocol error, local close): every stream fails.
+    Lost,
+}
+
+/// Why [`Conn::open`] could not open a stream now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpenFail {
+    /// [`ACK_BACKLOG`] streams are waiting for the peer's acknowledgement: try again later.
+    Backlog,
+    /// The session holds as many streams as its limit.
+    TooMany,
+    /// The session is over, the peer sent GoAway, or the stream IDs ran out.
+    Closed,
+}
+
+/// The peer broke the protocol: the session ends with a GoAway carrying the error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("a {0:?} frame on stream 0")]
+    StreamZero(Kind),
+    #[error("stream {0} opened twice")]
+    Reopened(u32),
+    #[error("stream {0} opened with this end's ID parity")]
+    WrongParity(u32),
+    #[error("a data frame of {length} bytes on stream {stream}, over its receive window")]
+    OverWindow { stream: u32, length: u32 },
+    #[error("data on stream {0} after its FIN")]
+    AfterFin(u32),
+    #[error("the peer does not read: over {OUT_HARD_LIMIT} bytes of frames queued for it")]
+    NotReading,
+}
+
+/// One open stream, from its handle's creation to its drop.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Bytes received and not read yet; at most the window we granted.
+    recv: BytesMut,
+    /// Bytes the peer may still send before our next window update.
+    recv_window: u32,
+    /// Bytes read since our last window update.
+    consumed: u32,
+    /// Bytes we may still send.
+    send_window: u32,
+    /// Opened here and not announced yet: the first frame carries SYN.
+    syn_pending: bool,
+    /// Opened here and not acknowledged by the peer yet (counts in [`Conn::unacked`]).
+    unacked: bool,
+    /// We sent FIN.
+    local_fin: bool,
+    /// The peer sent FIN: reads end once `recv` is drained.
+    remote_fin: bool,
+    /// The peer reset the stream.
+    reset: bool,
+    /// A writer waits for room in the frame queue (counts in [`Conn::room_waiters`]).
+    wants_room: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+/// The session's state: see the module docs.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    side: Side,
+    /// The receive window each stream gets.
+    window: u32,
+    /// Most streams open at once, both directions together.
+    max_streams: usize,
+    streams: HashMap<u32, Slot>,
+    /// The next ID to open; `None` once they ran out.
+    next_id: Option<u32>,
+    unacked: usize,
+    room_waiters: usize,
+    /// Frames for the driver to write, in order.
+    pub(crate) out: Vec<u8>,
+    /// Tasks to wake once the lock is released.
+    pub(crate) wake: Vec<Waker>,
+    /// An acknowledgement arrived or a backlog slot freed: waiting opens may retry.
+    pub(crate) backlog_moved: bool,
+    /// The peer sent GoAway: it takes no new streams.
+    go_away: bool,
+    end: Option<End>,
+}
+
+impl Conn {
+    pub(crate) fn new(side: Side, window: u32, max_streams: usize) -> Self {
+        Self {
+            side,
+            window: window.clamp(INITIAL_WINDOW, MAX_STREAM_WINDOW),
+            max_streams,
+            streams: HashMap::new(),
+            next_id: Some(match side {
+                Side::Client => 1,
+                Side::Server => 2,
+            }),
+            unacked: 0,
+            room_waiters: 0,
+            out: Vec::new(),
+            wake: Vec::new(),
+            backlog_moved: false,
+            go_away: false,
+            end: None,
+        }
+    }
+
+    fn push(&mut self, header: Header, body: &[u8]) {
+        if self.out.capacity() == 0 {
+            self.out.reserve(OUT_LIMIT / 4);
+        }
+        self.out.extend_from_slice(&header.encode());
+        self.out.extend_from_slice(body);
+    }
+
+    /// Opens a stream; the peer learns of it with the stream's first frame.
+    pub(crate) fn open(&mut self) -> Result<u32, OpenFail> {
+        if self.end.is_some() || self.go_away {
+            return Err(OpenFail::Closed);
+        }
+        if self.unacked >= ACK_BACKLOG {
+            return Err(OpenFail::Backlog);
+        }
+        if self.streams.len() >= self.max_streams {
+            return Err(OpenFail::TooMany);
+        }
+        let id = self.next_id.ok_or(OpenFail::Closed)?;
+        self.next_id = id.checked_add(2);
+        self.unacked += 1;
+        self.streams.insert(
+            id,
+            Slot {
+                recv_window: self.window,
+                send_window: INITIAL_WINDOW,
+                syn_pending: true,
+                unacked: true,
+                ..Slot::default()
+            },
+        );
+        Ok(id)
+    }
+
+    /// The flags a stream's next frame carries: SYN on its first one, after which a window
+    /// larger than the spec's initial one is granted.
+    fn announce(&mut self, id: u32) -> u16 {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return 0;
+        };
+        if !std::mem::take(&mut slot.syn_pending) {
+            return 0;
+        }
+        let extra = self.window - INITIAL_WINDOW;
+        if extra > 0 {
+            self.push(Header::new(Kind::WindowUpdate, SYN, id, extra), &[]);
+            0
+        } else {
+            SYN
+        }
+    }
+
+    /// Reads from a stream's buffer; see [`super::RawStream`] for what each end means.
+    pub(crate) fn read(
+        &mut self,
+        id: u32,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        if !slot.recv.is_empty() {
+            let n = buf.remaining().min(slot.recv.len());
+            buf.put_slice(&slot.recv[..n]);
+            slot.recv.advance(n);
+            if slot.recv.is_empty() && slot.recv.capacity() > KEEP_RECV_BUFFER {
+                slot.recv = BytesMut::new();
+            }
+            // n <= the window, a u32.
+            slot.consumed += n as u32;
+            if slot.consumed >= self.window / 4
+                && !slot.remote_fin
+                && !slot.reset
+                && self.end.is_none()
+            {
+                let delta = std::mem::take(&mut slot.consumed);
+                slot.recv_window += delta;
+                self.push(Header::new(Kind::WindowUpdate, 0, id, delta), &[]);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if slot.remote_fin || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if slot.reset {
+            return Poll::Ready(Err(reset()));
+        }
+        if self.end.is_some() {
+            return Poll::Ready(Err(lost()));
+        }
+        register(&mut slot.reader, cx);
+        Poll::Pending
+    }
+
+    /// Queues as much of `data` as the stream's send window and the frame queue take.
+    pub(crate) fn write(
+        &mut self,
+        id: u32,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        if slot.reset {
+            return Poll::Ready(Err(reset()));
+        }
+        if self.end.is_some() {
+            return Poll::Ready(Err(lost()));
+        }
+        if slot.local_fin {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the stream was shut down",
+            )));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if slot.send_window == 0 {
+            register(&mut slot.writer, cx);
+            return Poll::Pending;
+        }
+        if self.out.len() >= OUT_LIMIT {
+            register(&mut slot.writer, cx);
+            if !std::mem::replace(&mut slot.wants_room, true) {
+                self.room_waiters += 1;
+            }
+            return Poll::Pending;
+        }
+        let mut written = 0;
+        while written < data.len() && self.out.len() < OUT_LIMIT {
+            let flags = self.announce(id);
+            let Some(slot) = self.streams.get_mut(&id) else {
+                break;
+            };
+            // `send_window` is a u32, so `n` fits one.
+            let n = (data.len() - written)
+                .min(slot.send_window as usize)
+                .min(SPLIT_SEND_SIZE);
+            if n == 0 {
+                break;
+            }
+            slot.send_window -= n as u32;
+            self.push(
+                Header::new(Kind::Data, flags, id, n as u32),
+                &data[written..written + n],
+            );
+            written += n;
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    /// Sends FIN after what the stream already wrote.
+    pub(crate) fn shutdown(&mut self, id: u32) -> io::Result<()> {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return Err(lost());
+        };
+        if slot.local_fin {
+            return Ok(());
+        }
+        if slot.reset {
+            return Err(reset());
+        }
+        if self.end.is_some() {
+            return Err(lost());
+        }
+        slot.local_fin = true;
+        let flags = self.announce(id) | FIN;
+        self.push(Header::new(Kind::WindowUpdate, flags, id, 0), &[]);
+        Ok(())
+    }
+
+    /// Forgets a stream whose handle is gone; resets it unless it ended both ways (or was
+    /// never announced).
+    pub(crate) fn drop_stream(&mut self, id: u32) {
+        let Some(slot) = self.streams.remove(&id) else {
+            return;
+        };
+        if slot.unacked {
+            self.unacked -= 1;
+            self.backlog_moved = true;
+        }
+        if slot.wants_room {
+            self.room_waiters -= 1;
+        }
+        let finished = slot.local_fin && slot.remote_fin;
+        if self.end.is_none() && !slot.syn_pending && !slot.reset && !finished {
+            self.push(Header::new(Kind::WindowUpdate, RST, id, 0), &[]);
+        }
+    }
+
+    /// Takes the queued frames for the driver, leaving `spare` (emptied) in their place,
+    /// and wakes writers that waited for room.
+    pub(crate) fn take_out(&mut self, spare: &mut Vec<u8>) {
+        spare.clear();
+        std::mem::swap(&mut self.out, spare);
+        if self.room_waiters > 0 {
+            self.room_waiters = 0;
+            for slot in self.streams.values_mut() {
+                if std::mem::take(&mut slot.wants_room) {
+                    wake(&mut slot.writer, &mut self.wake);
+                }
+            }
+        }
+    }
+
+    /// Consumes every complete frame at the front of `buf`. Streams the peer opened are
+    /// appended to `accepted`. Returns how many bytes the next frame needs in `buf`.
+    pub(crate) fn input(
+        &mut self,
+        buf: &mut BytesMut,
+        accepted: &mut Vec<u32>,
+    ) -> Result<usize, ProtocolError> {
+        loop {
+            let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
+                return Ok(HEADER_LEN);
+            };
+            let header = Header::decode(head)?;
+            let body = match header.kind {
+                Kind::Data => {
+                    // No stream may be sent more than the window we grant: this also bounds
+                    // what a frame makes us buffer before it is complete.
+                    if header.length > self.window {
+                        return Err(ProtocolError::OverWindow {
+                            stream: header.stream,
+                            length: header.length,
+                        });
+                    }
+                    header.length as usize
+                }
+                _ => 0,
+            };
+            if buf.len() < HEADER_LEN + body {
+                return Ok(HEADER_LEN + body);
+            }
+            self.frame(header, &buf[HEADER_LEN..HEADER_LEN + body], accepted)?;
+            buf.advance(HEADER_LEN + body);
+            if self.out.len() > OUT_HARD_LIMIT {
+                return Err(ProtocolError::NotReading);
+            }
+        }
+    }
+
+    fn frame(
+        &mut self,
+        h: Header,
+        body: &[u8],
+        accepted: &mut Vec<u32>,
+    ) -> Result<(), ProtocolError> {
+        match h.kind {
+            Kind::Ping => {
+                if h.flags & SYN != 0 {
+                    self.push(Header::new(Kind::Ping, ACK, 0, h.length), &[]);
+                }
+                return Ok(());
+            }
+            Kind::GoAway => {
+                // The peer takes no new streams; those open run on until it closes.
+                self.go_away = true;
+                self.backlog_moved = true;
+                return Ok(());
+            }
+            Kind::Data | Kind::WindowUpdate if h.stream == 0 => {
+                return Err(ProtocolError::StreamZero(h.kind));
+            }
+            Kind::Data | Kind::WindowUpdate => {}
+        }
+        let id = h.stream;
+        if h.flags & SYN != 0 && !self.accept(id, accepted)? {
+            return Ok(());
+        }
+        let Some(slot) = self.streams.get_mut(&id) else {
+            // A stream we reset or never knew: what is in flight for it is dropped.
+            return Ok(());
+        };
+        if h.flags & ACK != 0 && std::mem::take(&mut slot.unacked) {
+            self.unacked -= 1;
+            self.backlog_moved = true;
+        }
+        match h.kind {
+            Kind::Data if !body.is_empty() && !slot.reset => {
+                if slot.remote_fin {
+                    return Err(ProtocolError::AfterFin(id));
+                }
+                // `body.len()` is the frame's u32 length.
+                let len = body.len() as u32;
+                if len > slot.recv_window {
+                    return Err(ProtocolError::OverWindow {
+                        stream: id,
+                        length: len,
+                    });
+                }
+                slot.recv_window -= len;
+                slot.recv.extend_from_slice(body);
+                wake(&mut slot.reader, &mut self.wake);
+            }
+            Kind::WindowUpdate if h.length > 0 => {
+                slot.send_window = slot.send_window.saturating_add(h.length);
+                wake(&mut slot.writer, &mut self.wake);
+            }
+            _ => {}
+        }
+        if h.flags & FIN != 0 {
+            slot.remote_fin = true;
+            wake(&mut slot.reader, &mut self.wake);
+        }
+        if h.flags & RST != 0 {
+            slot.reset = true;
+            wake(&mut slot.reader, &mut self.wake);
+            wake(&mut slot.writer, &mut self.wake);
+        }
+        Ok(())
+    }
+
+    /// A SYN from the peer: true if the stream is now open (and acknowledged), false if it
+    /// was refused with a reset (too many streams, or the session is closing).
+    fn accept(&mut self, id: u32, accepted: &mut Vec<u32>) -> Result<bool, ProtocolError> {
+        let ours = match self.side {
+            Side::Client => id % 2 == 1,
+            Side::Server => id % 2 == 0,
+        };
+        if ours {
+            return Err(ProtocolError::WrongParity(id));
+        }
+        if self.streams.contains_key(&id) {
+            return Err(ProtocolError::Reopened(id));
+        }
+        if self.streams.len() >= self.max_streams || self.end.is_some() {
+            self.push(Header::new(Kind::WindowUpdate, RST, id, 0), &[]);
+            return Ok(false);
+        }
+        self.streams.insert(
+            id,
+            Slot {
+                recv_window: self.window,
+                send_window: INITIAL_WINDOW,
+                ..Slot::default()
+            },
+        );
+        let extra = self.window - INITIAL_WINDOW;
+        self.push(Header::new(Kind::WindowUpdate, ACK, id, extra), &[]);
+        accepted.push(id);
+        Ok(true)
+    }
+
+    /// Ends the session for every stream and wakes them all. A clean end first queues a
+    /// GoAway for the driver to send.
+    pub(crate) fn end(&mut self, how: End) {
+        if self.end.is_some() {
+            return;
+        }
+        if how == End::Clean {
+            self.push(Header::new(Kind::GoAway, 0, 0, GO_AWAY_NORMAL), &[]);
+        }
+        self.end = Some(how);
+        self.backlog_moved = true;
+        for slot in self.streams.values_mut() {
+            wake(&mut slot.reader, &mut self.wake);
+            wake(&mut slot.writer, &mut self.wake);
+        }
+    }
+
+    /// Queues a GoAway with an error code (the session is ending on a protocol error).
+    pub(crate) fn go_away(&mut self, code: u32) {
+        self.push(Header::new(Kind::GoAway, 0, 0, code), &[]);
+    }
+
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn check_invariants(&self) {
+        for slot in self.streams.values() {
+            assert!(slot.recv.len() <= self.window as usize);
+            assert!(slot.recv_window as usize + slot.recv.len() <= 2 * self.window as usize);
+        }
+        assert!(self.out.len() <= OUT_HARD_LIMIT + 2 * HEADER_LEN);
+        assert!(self.streams.len() <= self.max_streams);
+    }
+}
+
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+fn wake(slot: &mut Option<Waker>, list: &mut Vec<Waker>) {
+    if let Some(w) = slot.take() {
+        list.push(w);
+    }
+}
+
+pub(crate) fn lost() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionReset, "tunnel session lost")
+}
+
+fn reset() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "stream reset by the far end",
+    )
+}
