@@ -76,6 +76,12 @@ async fn sessions_and_streams_are_listed_with_their_bytes_and_events_tell_the_st
         (dev.device.as_deref(), dev.principal.as_str()),
         (Some("pi"), "token:pi")
     );
+    // The relay counts a write once it returns, which can be just after the bytes left.
+    eventually("the stream's bytes are counted", WAIT, || {
+        let counted = relay.relay.streams().first().map(|s| (s.up, s.down)) == Some((5, 5));
+        async move { counted }
+    })
+    .await;
     let streams = relay.relay.streams();
     assert_eq!(streams.len(), 1);
     assert_eq!(

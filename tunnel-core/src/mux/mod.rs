@@ -17,3 +17,5 @@ pub(crate) use conn::Conn;
 pub(crate) use conn::Side;
 pub(crate) use session::{Inbound, OpenError, Opener, Session, SessionState, Unstarted};
 pub(crate) use stream::RawStream;
+#[cfg(test)]
+mod interop_tests;
