@@ -21,11 +21,13 @@ seed handshake 000a0101020002746b000000 access-hello
 seed header 00081002706903737368 open
 seed header 000412040178 status
 seed header 000c140001027069010103737368 device-list
-mkdir -p corpus/grants corpus/yamux_meter
+mkdir -p corpus/grants corpus/yamux_meter corpus/mux_frames
 printf 'pi-42/ssh,lab-*/*,*/web\npi-42/ssh\nlab-1/x\npi-43/web\n' >corpus/grants/seed
 printf '\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x02hi\x00\x01\x00\x00\x00\x00\x00\x03\x00\x00\x00\x00' >corpus/yamux_meter/seed
+# A stream opened with bytes, a ping, a window update with FIN and ACK, a reset.
+printf '\x22\x00\x00\x00\x01\x00\x00\x00\x01\x00\x00\x00\x02hi\x00\x02\x00\x01\x00\x00\x00\x00\x00\x00\x00\x03\x00\x01\x00\x06\x00\x00\x00\x01\x00\x00\x00\x05\x00\x01\x00\x08\x00\x00\x00\x01\x00\x00\x00\x00' >corpus/mux_frames/seed
 mkdir -p artifacts
-for t in handshake header grants yamux_meter; do
+for t in handshake header grants yamux_meter mux_frames; do
   log="target/fuzz-$t.log"
   if ! "target/$host/release/$t" -max_total_time="$secs" -max_len=4200 -artifact_prefix="artifacts/$t-" \
       "corpus/$t" >"$log" 2>&1; then

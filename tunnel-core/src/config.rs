@@ -5,8 +5,8 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::protocol::WireLimits;
 
-/// yamux gives every stream an initial receive window of this size; the connection window
-/// must cover one per stream or yamux panics, so [`Limits`] checks it up front.
+/// yamux gives every stream an initial receive window of this size (the spec's); the
+/// session window must cover one per stream, so [`Limits`] checks it up front.
 const YAMUX_STREAM_WINDOW: usize = 256 * 1024;
 
 /// Per-session multiplexing limits, set on the relay ([`RelayBuilder::limits`](crate::RelayBuilder::limits)).
@@ -52,8 +52,9 @@ impl Limits {
             .max(Self::default().receive_window);
         Self::default().max_streams(n).receive_window(window)
     }
-    /// yamux's own limit: twice ours, since yamux counts streams whose handles were just
-    /// dropped, and a peer over yamux's limit kills the session.
+    /// The yamux-level limit: twice ours, since a peer (rust-yamux in earlier releases)
+    /// still counts streams whose handles were just dropped, and ends the whole session
+    /// when its own limit is passed.
     pub(crate) fn yamux_streams(&self) -> usize {
         self.max_streams * 2
     }
@@ -66,7 +67,7 @@ impl Limits {
         }
     }
     /// The limits a relay announced, checked like local ones: a relay must not make a
-    /// client build a yamux configuration that panics or holds unbounded memory.
+    /// client build a yamux session that holds unbounded memory.
     pub(crate) fn from_wire(wire: WireLimits) -> Result<Self, ConfigError> {
         let limits = Self {
             max_streams: usize::from(wire.max_streams),

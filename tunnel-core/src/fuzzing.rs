@@ -68,3 +68,60 @@ pub fn grants(data: &[u8]) {
 pub fn yamux_meter(data: &[u8]) {
     crate::relay::meter_bytes(data);
 }
+
+/// The multiplexer's session state on arbitrary peer bytes, fed in chunks, with the local
+/// side reading, writing, shutting down, dropping and opening streams in between (the
+/// first byte picks the side and the chunk size). It must never panic, and every stream
+/// must stay within the window it was granted.
+pub fn mux_frames(data: &[u8]) {
+    use std::task::Context;
+
+    use bytes::BytesMut;
+    use tokio::io::ReadBuf;
+
+    use crate::mux::{Conn, Side};
+
+    let Some((&first, rest)) = data.split_first() else {
+        return;
+    };
+    let side = if first & 1 == 0 {
+        Side::Server
+    } else {
+        Side::Client
+    };
+    let mut conn = Conn::new(side, 0, 8);
+    let (mut buf, mut accepted, mut open) = (BytesMut::new(), Vec::new(), Vec::new());
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    for piece in rest.chunks(1 + usize::from(first >> 1) % 64) {
+        buf.extend_from_slice(piece);
+        if conn.input(&mut buf, &mut accepted).is_err() {
+            return;
+        }
+        open.append(&mut accepted);
+        let op = piece[0];
+        for &id in &open {
+            let mut into = [0u8; 64];
+            let _ = conn.read(id, &mut cx, &mut ReadBuf::new(&mut into));
+            let _ = conn.write(id, &mut cx, piece);
+            if op & 0x10 != 0 {
+                let _ = conn.shutdown(id);
+            }
+        }
+        if op % 5 == 0
+            && let Some(id) = open.pop()
+        {
+            conn.drop_stream(id);
+        }
+        if op % 7 == 0
+            && let Ok(id) = conn.open()
+        {
+            open.push(id);
+        }
+        if op % 3 == 0 {
+            conn.take_out(&mut Vec::new());
+        }
+        conn.wake.clear();
+        conn.check_invariants();
+    }
+}

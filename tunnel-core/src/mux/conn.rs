@@ -158,9 +158,6 @@ impl Conn {
     }
 
     fn push(&mut self, header: Header, body: &[u8]) {
-        if self.out.capacity() == 0 {
-            self.out.reserve(OUT_LIMIT / 4);
-        }
         self.out.extend_from_slice(&header.encode());
         self.out.extend_from_slice(body);
     }
@@ -224,7 +221,9 @@ impl Conn {
             let n = buf.remaining().min(slot.recv.len());
             buf.put_slice(&slot.recv[..n]);
             slot.recv.advance(n);
-            if slot.recv.is_empty() && slot.recv.capacity() > KEEP_RECV_BUFFER {
+            // `capacity` only counts the room after the read position; on an empty buffer
+            // `try_reclaim` takes the whole allocation back, so this tests its real size.
+            if slot.recv.is_empty() && slot.recv.try_reclaim(KEEP_RECV_BUFFER + 1) {
                 slot.recv = BytesMut::new();
             }
             // n <= the window, a u32.
@@ -338,6 +337,10 @@ impl Conn {
         let Some(slot) = self.streams.remove(&id) else {
             return;
         };
+        // A burst of streams must not leave its table behind (buckets are ~100 bytes).
+        if self.streams.capacity() > 16 && self.streams.len() * 4 < self.streams.capacity() {
+            self.streams.shrink_to(self.streams.len() * 2);
+        }
         if slot.unacked {
             self.unacked -= 1;
             self.backlog_moved = true;
@@ -417,7 +420,8 @@ impl Conn {
                 return Ok(());
             }
             Kind::GoAway => {
-                // The peer takes no new streams; those open run on until it closes.
+                // The peer is closing the session: the driver ends it once this input is
+                // processed (the peer flushed its streams' last bytes before the GoAway).
                 self.go_away = true;
                 self.backlog_moved = true;
                 return Ok(());
@@ -478,8 +482,8 @@ impl Conn {
     /// was refused with a reset (too many streams, or the session is closing).
     fn accept(&mut self, id: u32, accepted: &mut Vec<u32>) -> Result<bool, ProtocolError> {
         let ours = match self.side {
-            Side::Client => id % 2 == 1,
-            Side::Server => id % 2 == 0,
+            Side::Client => !id.is_multiple_of(2),
+            Side::Server => id.is_multiple_of(2),
         };
         if ours {
             return Err(ProtocolError::WrongParity(id));
@@ -522,6 +526,11 @@ impl Conn {
         }
     }
 
+    /// The peer sent GoAway.
+    pub(crate) fn peer_went_away(&self) -> bool {
+        self.go_away
+    }
+
     /// Queues a GoAway with an error code (the session is ending on a protocol error).
     pub(crate) fn go_away(&mut self, code: u32) {
         self.push(Header::new(Kind::GoAway, 0, 0, code), &[]);
@@ -530,8 +539,9 @@ impl Conn {
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn check_invariants(&self) {
         for slot in self.streams.values() {
-            assert!(slot.recv.len() <= self.window as usize);
-            assert!(slot.recv_window as usize + slot.recv.len() <= 2 * self.window as usize);
+            // Granted = not yet sent + buffered + read but not yet granted again.
+            let granted = slot.recv_window as usize + slot.recv.len() + slot.consumed as usize;
+            assert_eq!(granted, self.window as usize);
         }
         assert!(self.out.len() <= OUT_HARD_LIMIT + 2 * HEADER_LEN);
         assert!(self.streams.len() <= self.max_streams);
@@ -560,4 +570,187 @@ fn reset() -> io::Error {
         io::ErrorKind::ConnectionReset,
         "stream reset by the far end",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: Kind, flags: u16, stream: u32, body: &[u8], length: u32) -> Vec<u8> {
+        let mut out = Header::new(kind, flags, stream, length).encode().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn data(flags: u16, stream: u32, body: &[u8]) -> Vec<u8> {
+        frame(Kind::Data, flags, stream, body, body.len() as u32)
+    }
+
+    /// Feeds bytes as the peer's; returns the streams it opened or the protocol error.
+    fn feed(conn: &mut Conn, bytes: &[u8]) -> Result<Vec<u32>, ProtocolError> {
+        let (mut buf, mut accepted) = (BytesMut::from(bytes), Vec::new());
+        conn.input(&mut buf, &mut accepted)?;
+        assert!(buf.is_empty(), "a partial frame was left");
+        Ok(accepted)
+    }
+
+    /// The frames queued for the peer, decoded.
+    fn sent(conn: &mut Conn) -> Vec<Header> {
+        let mut out = Vec::new();
+        conn.take_out(&mut out);
+        let mut headers = Vec::new();
+        let mut rest = &out[..];
+        while let Some((head, tail)) = rest.split_first_chunk::<HEADER_LEN>() {
+            let h = Header::decode(head).unwrap();
+            let body = if h.kind == Kind::Data {
+                h.length as usize
+            } else {
+                0
+            };
+            rest = &tail[body..];
+            headers.push(h);
+        }
+        headers
+    }
+
+    fn read_all(conn: &mut Conn, id: u32) -> Poll<io::Result<Vec<u8>>> {
+        let waker = futures::task::noop_waker();
+        let mut into = vec![0u8; 1 << 20];
+        let mut buf = ReadBuf::new(&mut into);
+        match conn.read(id, &mut Context::from_waker(&waker), &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().to_vec())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    #[test]
+    fn a_peer_stream_is_acknowledged_at_once_and_its_bytes_read_in_order() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        let mut bytes = data(SYN, 1, b"hello ");
+        bytes.extend(data(0, 1, b"world"));
+        assert_eq!(feed(&mut conn, &bytes).unwrap(), [1]);
+        assert_eq!(
+            sent(&mut conn),
+            [Header::new(Kind::WindowUpdate, ACK, 1, 0)]
+        );
+        let Poll::Ready(Ok(got)) = read_all(&mut conn, 1) else {
+            panic!()
+        };
+        assert_eq!(got, b"hello world");
+        assert!(read_all(&mut conn, 1).is_pending());
+        feed(&mut conn, &frame(Kind::WindowUpdate, FIN, 1, &[], 0)).unwrap();
+        assert!(matches!(read_all(&mut conn, 1), Poll::Ready(Ok(v)) if v.is_empty()));
+    }
+
+    #[test]
+    fn reading_a_quarter_window_grants_it_back() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        let quarter = vec![7u8; INITIAL_WINDOW as usize / 4];
+        feed(&mut conn, &data(SYN, 1, &quarter)).unwrap();
+        sent(&mut conn);
+        let Poll::Ready(Ok(got)) = read_all(&mut conn, 1) else {
+            panic!()
+        };
+        assert_eq!(got.len(), quarter.len());
+        let update = INITIAL_WINDOW / 4;
+        assert_eq!(
+            sent(&mut conn),
+            [Header::new(Kind::WindowUpdate, 0, 1, update)]
+        );
+        conn.check_invariants();
+    }
+
+    #[test]
+    fn bytes_over_the_window_end_the_session() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        let big = vec![0u8; INITIAL_WINDOW as usize / 2 + 1];
+        feed(&mut conn, &data(SYN, 1, &big)).unwrap();
+        let err = feed(&mut conn, &data(0, 1, &big)).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::OverWindow { stream: 1, .. }),
+            "{err}"
+        );
+        // A frame announcing more than any window is refused before its body arrives.
+        let (mut buf, mut accepted) = (BytesMut::new(), Vec::new());
+        buf.extend_from_slice(&Header::new(Kind::Data, 0, 1, 1 << 31).encode());
+        assert!(conn.input(&mut buf, &mut accepted).is_err());
+    }
+
+    #[test]
+    fn a_peer_opening_with_our_parity_or_twice_breaks_the_protocol() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        let err = feed(&mut conn, &data(SYN, 2, b"x")).unwrap_err();
+        assert_eq!(err, ProtocolError::WrongParity(2));
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        feed(&mut conn, &data(SYN, 1, b"x")).unwrap();
+        assert_eq!(
+            feed(&mut conn, &data(SYN, 1, b"x")),
+            Err(ProtocolError::Reopened(1))
+        );
+    }
+
+    #[test]
+    fn streams_over_the_limit_are_reset_and_the_session_lives() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 2);
+        let mut bytes = Vec::new();
+        for id in [1, 3, 5] {
+            bytes.extend(data(SYN, id, b"x"));
+        }
+        assert_eq!(feed(&mut conn, &bytes).unwrap(), [1, 3]);
+        let rst = Header::new(Kind::WindowUpdate, RST, 5, 0);
+        assert!(sent(&mut conn).contains(&rst));
+        conn.check_invariants();
+    }
+
+    #[test]
+    fn a_ping_is_answered_with_its_value() {
+        let mut conn = Conn::new(Side::Client, INITIAL_WINDOW, 8);
+        feed(&mut conn, &frame(Kind::Ping, SYN, 0, &[], 0xfeed)).unwrap();
+        assert_eq!(sent(&mut conn), [Header::new(Kind::Ping, ACK, 0, 0xfeed)]);
+    }
+
+    #[test]
+    fn a_peer_that_never_reads_its_ping_answers_ends_the_session() {
+        let mut conn = Conn::new(Side::Client, INITIAL_WINDOW, 8);
+        let ping = frame(Kind::Ping, SYN, 0, &[], 1);
+        let flood: Vec<u8> = ping.repeat(OUT_HARD_LIMIT / HEADER_LEN + 2);
+        assert_eq!(feed(&mut conn, &flood), Err(ProtocolError::NotReading));
+    }
+
+    #[test]
+    fn a_write_is_split_into_frames_within_the_send_window() {
+        let mut conn = Conn::new(Side::Client, INITIAL_WINDOW, 8);
+        let id = conn.open().unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let big = vec![1u8; INITIAL_WINDOW as usize * 2];
+        let mut total = 0;
+        while let Poll::Ready(Ok(n)) = conn.write(id, &mut cx, &big[total..]) {
+            total += n;
+            conn.take_out(&mut Vec::new());
+        }
+        // Pending: the window is spent, and nothing past it was queued.
+        assert_eq!(total, INITIAL_WINDOW as usize);
+        feed(&mut conn, &frame(Kind::WindowUpdate, ACK, id, &[], 100)).unwrap();
+        let Poll::Ready(Ok(n)) = conn.write(id, &mut cx, &big) else {
+            panic!()
+        };
+        assert_eq!(n, 100);
+        let first = sent(&mut conn);
+        assert_eq!(first, [Header::new(Kind::Data, 0, id, 100)]);
+    }
+
+    #[test]
+    fn a_reset_reads_the_bytes_before_it_then_fails() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        let mut bytes = data(SYN, 1, b"last");
+        bytes.extend(frame(Kind::WindowUpdate, RST, 1, &[], 0));
+        feed(&mut conn, &bytes).unwrap();
+        assert!(matches!(read_all(&mut conn, 1), Poll::Ready(Ok(v)) if v == b"last"));
+        let Poll::Ready(Err(e)) = read_all(&mut conn, 1) else {
+            panic!()
+        };
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    }
 }

@@ -29,8 +29,17 @@ async fn tcp_pair() -> (TcpStream, TcpStream) {
 /// Runs a rust-yamux connection: opens `opens` streams, then accepts; every stream it
 /// opened or accepted goes to the receiver.
 fn rust_yamux(io: TcpStream, mode: yamux::Mode, opens: usize) -> mpsc::Receiver<yamux::Stream> {
+    rust_yamux_task(io, mode, opens).0
+}
+
+/// [`rust_yamux`], with the task: aborting it drops the connection (the peer vanishes).
+fn rust_yamux_task(
+    io: TcpStream,
+    mode: yamux::Mode,
+    opens: usize,
+) -> (mpsc::Receiver<yamux::Stream>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut conn = yamux::Connection::new(io.compat(), yamux::Config::default(), mode);
         let mut to_open = opens;
         poll_fn(|cx| {
@@ -56,7 +65,7 @@ fn rust_yamux(io: TcpStream, mode: yamux::Mode, opens: usize) -> mpsc::Receiver<
         })
         .await;
     });
-    rx
+    (rx, task)
 }
 
 fn pattern(seed: usize) -> Vec<u8> {
@@ -94,13 +103,42 @@ async fn round_trip<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(s: S, se
 }
 
 fn ours(io: TcpStream, opener: Opener, side: Side) -> (Session, Inbound) {
-    Session::spawn(io, &Limits::default(), opener, side, tracing::Span::none())
+    ours_with(io, opener, side, Limits::default())
+}
+
+fn ours_with(io: TcpStream, opener: Opener, side: Side, limits: Limits) -> (Session, Inbound) {
+    Session::spawn(io, &limits, opener, side, tracing::Span::none())
+}
+
+/// Limits whose stream window (2 MiB) is above the spec's initial one, so that the window
+/// is granted with the first frame (a window update carrying SYN or ACK).
+fn large_windows() -> Limits {
+    Limits::for_streams(16)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_we_open_carry_bytes_both_ways_to_a_rust_yamux_peer() {
+    we_open(Limits::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_we_open_with_large_windows_carry_bytes_to_a_rust_yamux_peer() {
+    we_open(large_windows()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_rust_yamux_peer_opens_carry_bytes_both_ways() {
+    they_open(Limits::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_rust_yamux_peer_opens_with_our_large_windows_carry_bytes() {
+    they_open(large_windows()).await;
+}
+
+async fn we_open(limits: Limits) {
     let (a, b) = tcp_pair().await;
-    let (session, _inbound) = ours(a, Opener::Local, Side::Client);
+    let (session, _inbound) = ours_with(a, Opener::Local, Side::Client, limits);
     let mut theirs = rust_yamux(b, yamux::Mode::Server, 0);
     tokio::spawn(async move {
         while let Some(s) = theirs.recv().await {
@@ -120,11 +158,10 @@ async fn streams_we_open_carry_bytes_both_ways_to_a_rust_yamux_peer() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streams_a_rust_yamux_peer_opens_carry_bytes_both_ways() {
+async fn they_open(limits: Limits) {
     let (a, b) = tcp_pair().await;
     let mut theirs = rust_yamux(a, yamux::Mode::Client, STREAMS);
-    let (_session, mut inbound) = ours(b, Opener::Remote, Side::Server);
+    let (_session, mut inbound) = ours_with(b, Opener::Remote, Side::Server, limits);
     tokio::spawn(async move {
         while let Some(s) = inbound.recv().await {
             tokio::spawn(echo(s));
@@ -192,5 +229,30 @@ async fn a_stream_we_drop_unfinished_is_reset_at_the_rust_yamux_peer() {
     assert!(
         peer.write_all(b"more").await.is_err(),
         "a reset stream takes no writes"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_yamux_peer_that_vanishes_ends_our_session_and_its_open_streams() {
+    let (a, b) = tcp_pair().await;
+    let (session, _inbound) = ours(a, Opener::Local, Side::Client);
+    let (mut theirs, task) = rust_yamux_task(b, yamux::Mode::Server, 0);
+    let mut stream = session.open().await.unwrap();
+    stream.write_all(b"hi").await.unwrap();
+    let _peer = tokio::time::timeout(WAIT, theirs.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    task.abort();
+    tokio::time::timeout(WAIT, session.closed())
+        .await
+        .expect("the session ends");
+    let mut buf = [0u8; 4];
+    let res = tokio::time::timeout(WAIT, stream.read(&mut buf))
+        .await
+        .expect("in time");
+    assert!(
+        res.is_err(),
+        "an open stream of a closed session fails: {res:?}"
     );
 }

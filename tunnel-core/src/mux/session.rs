@@ -156,25 +156,42 @@ impl Inbound {
 
 /// A session whose driver has not started: its handle already opens streams, and nothing
 /// is read from or written to the socket until [`Unstarted::start`].
-pub(crate) struct Unstarted {
+///
+/// Dropped without starting (its task cancelled, say), it abandons the session.
+pub(crate) struct Unstarted(Option<Parts>);
+
+struct Parts {
     inbound: mpsc::Sender<Box<Stream>>,
     /// Cancels the handles' `done` when dropped: by the driver task when it ends or is
-    /// dropped, or here if the session never starts.
+    /// dropped, or on abandon if the session never starts.
     done: DropGuard,
     close: CancellationToken,
     state: Arc<SessionState>,
 }
 
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(parts) = self.0.take() {
+            parts.state.mark_dead();
+            parts.state.end(End::Lost);
+            parts.state.ended.cancel();
+        }
+    }
+}
+
 impl Unstarted {
     /// Spawns the driver on `io`; it runs until the session ends.
-    pub(crate) fn start<T>(self, io: T, span: tracing::Span)
+    pub(crate) fn start<T>(mut self, io: T, span: tracing::Span)
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Some(parts) = self.0.take() else {
+            return;
+        };
         let driver = Driver {
             io,
-            state: self.state,
-            inbound: self.inbound,
+            state: parts.state,
+            inbound: parts.inbound,
             read: BytesMut::new(),
             idle: true,
             writing: Vec::new(),
@@ -182,9 +199,10 @@ impl Unstarted {
             round: 0,
             unflushed: false,
             accepted: Vec::new(),
+            wake: Vec::new(),
             eof: false,
         };
-        let (close, done) = (self.close, self.done);
+        let (close, done) = (parts.close, parts.done);
         tokio::spawn(
             async move {
                 let _done = done;
@@ -196,10 +214,7 @@ impl Unstarted {
 
     /// Gives up on a session that will never start: every handle sees it closed.
     pub(crate) fn abandon(self) {
-        self.state.mark_dead();
-        self.state.end(End::Lost);
-        self.state.ended.cancel();
-        drop(self.done);
+        drop(self);
     }
 }
 
@@ -250,12 +265,12 @@ impl Session {
         let done = CancellationToken::new();
         let close = CancellationToken::new();
         let handles = Arc::new(Handles(state.clone()));
-        let unstarted = Unstarted {
+        let unstarted = Unstarted(Some(Parts {
             inbound: in_tx,
             done: done.clone().drop_guard(),
             close: close.clone(),
             state: state.clone(),
-        };
+        }));
         let session = Self {
             close,
             done,
@@ -277,6 +292,9 @@ impl Session {
             Err(TryAcquireError::NoPermits) => return Err(OpenError::TooManyStreams),
             Err(TryAcquireError::Closed) => return Err(OpenError::Closed),
         };
+        if self.state.is_dead() {
+            return Err(OpenError::Closed);
+        }
         let request = async {
             loop {
                 let acked = self.state.acks.notified();
@@ -346,6 +364,8 @@ struct Driver<T> {
     unflushed: bool,
     /// Streams the peer opened in the last input, to hand out.
     accepted: Vec<u32>,
+    /// Tasks the last input or write woke, swapped out of the session to wake unlocked.
+    wake: Vec<std::task::Waker>,
     eof: bool,
 }
 
@@ -445,12 +465,13 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if n == 0 {
             return Poll::Ready(Ok(false));
         }
-        let (parsed, wake) = {
+        let (parsed, went_away) = {
             let mut conn = lock(&self.state.conn);
             let parsed = conn.input(&mut self.read, &mut self.accepted);
-            (parsed, std::mem::take(&mut conn.wake))
+            std::mem::swap(&mut conn.wake, &mut self.wake);
+            (parsed, conn.peer_went_away())
         };
-        wake.into_iter().for_each(std::task::Waker::wake);
+        self.wake.drain(..).for_each(std::task::Waker::wake);
         let need = parsed.map_err(Outcome::Protocol)?;
         if self.read.is_empty() && n < READ_PROBE {
             self.read = BytesMut::new();
@@ -473,6 +494,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             if self.inbound.try_send(Box::new(stream)).is_err() {
                 debug!("accept backlog full or closed; resetting inbound stream");
             }
+        }
+        if went_away {
+            return Poll::Ready(Err(Outcome::ClosedByPeer));
         }
         Poll::Ready(Ok(true))
     }
@@ -500,7 +524,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         let mut wrote = false;
         loop {
             if self.written == self.writing.len() {
-                let wake = {
+                {
                     let mut conn = lock(&self.state.conn);
                     if conn.out.is_empty() {
                         break;
@@ -509,9 +533,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                         self.writing = Vec::new();
                     }
                     conn.take_out(&mut self.writing);
-                    std::mem::take(&mut conn.wake)
-                };
-                wake.into_iter().for_each(std::task::Waker::wake);
+                    std::mem::swap(&mut conn.wake, &mut self.wake);
+                }
+                self.wake.drain(..).for_each(std::task::Waker::wake);
                 self.written = 0;
             }
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.writing[self.written..]))?;
