@@ -15,6 +15,8 @@ mod stream;
 #[cfg(feature = "fuzzing")]
 pub(crate) use conn::Conn;
 pub(crate) use conn::Side;
+#[cfg(test)]
+pub(crate) use session::driver_future_size;
 pub(crate) use session::{Inbound, OpenError, Opener, Session, SessionState, Unstarted};
 pub(crate) use stream::RawStream;
 #[cfg(test)]

@@ -242,3 +242,20 @@ impl Drop for Registered {
         });
     }
 }
+#[cfg(test)]
+mod tests {
+    use super::super::Tls;
+    use super::super::meter::Metered;
+
+    /// Every idle device holds its session driver's task: the TLS stream (1.5 KB) must be
+    /// in it once (boxed), not once per copy an async fn and its spawn make.
+    #[test]
+    fn a_session_driver_task_does_not_hold_its_connection_inline() {
+        let io = size_of::<Metered<Tls>>();
+        let task = crate::mux::driver_future_size::<Metered<Tls>>();
+        assert!(
+            task < io / 2,
+            "driver future: {task} bytes, connection {io}"
+        );
+    }
+}
