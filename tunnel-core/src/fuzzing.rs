@@ -76,7 +76,6 @@ pub fn yamux_meter(data: &[u8]) {
 pub fn mux_frames(data: &[u8]) {
     use std::task::Context;
 
-    use bytes::BytesMut;
     use tokio::io::ReadBuf;
 
     use crate::mux::{Conn, Side};
@@ -90,13 +89,17 @@ pub fn mux_frames(data: &[u8]) {
         Side::Client
     };
     let mut conn = Conn::new(side, 0, 8);
-    let (mut buf, mut accepted, mut open) = (BytesMut::new(), Vec::new(), Vec::new());
+    let (mut buf, mut accepted, mut open) = (Vec::new(), Vec::new(), Vec::new());
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     for piece in rest.chunks(1 + usize::from(first >> 1) % 64) {
         buf.extend_from_slice(piece);
-        if conn.input(&mut buf, &mut accepted).is_err() {
-            return;
+        match conn.input(&buf, &mut accepted) {
+            Ok(parsed) => {
+                assert!(parsed.need >= 12 && parsed.consumed <= buf.len());
+                buf.drain(..parsed.consumed);
+            }
+            Err(_) => return,
         }
         open.append(&mut accepted);
         let op = piece[0];

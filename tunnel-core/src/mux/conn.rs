@@ -7,11 +7,10 @@
 //! buffer (so a stream that does not read pins nothing but its window), and from the
 //! writer straight into the frame queue that the driver hands to TLS. No frame allocates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Buf, BytesMut};
 use tokio::io::ReadBuf;
 
 use super::frame::{
@@ -36,6 +35,10 @@ pub(crate) const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
 /// A stream's read buffer is freed when a read empties it and it is larger than this: an
 /// idle stream after a transfer holds no buffer, a chatty one keeps a small one.
 const KEEP_RECV_BUFFER: usize = 4 * 1024;
+/// A stream's read buffer starts at this size when a large frame arrives (bulk data), so
+/// that it rarely grows (each growth copies what it holds); freeing it when a read empties
+/// it and allocating it again costs far less than the copies.
+const BULK_RECV_BUFFER: usize = 64 * 1024;
 
 /// Which stream IDs this end opens: the spec gives odd ones to the client (the end that
 /// dialled the connection) and even ones to the server.
@@ -88,8 +91,9 @@ pub(crate) enum ProtocolError {
 /// One open stream, from its handle's creation to its drop.
 #[derive(Debug, Default)]
 struct Slot {
-    /// Bytes received and not read yet; at most the window we granted.
-    recv: BytesMut,
+    /// Bytes received and not read yet; at most the window we granted. A ring: appending
+    /// and reading never move what is already there.
+    recv: VecDeque<u8>,
     /// Bytes the peer may still send before our next window update.
     recv_window: u32,
     /// Bytes read since our last window update.
@@ -110,6 +114,15 @@ struct Slot {
     wants_room: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
+}
+
+/// What [`Conn::input`] took from its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Parsed {
+    /// Bytes of complete frames consumed from the front.
+    pub(crate) consumed: usize,
+    /// Bytes the next (incomplete) frame needs in all, header included.
+    pub(crate) need: usize,
 }
 
 /// The session's state: see the module docs.
@@ -219,12 +232,13 @@ impl Conn {
         };
         if !slot.recv.is_empty() {
             let n = buf.remaining().min(slot.recv.len());
-            buf.put_slice(&slot.recv[..n]);
-            slot.recv.advance(n);
-            // `capacity` only counts the room after the read position; on an empty buffer
-            // `try_reclaim` takes the whole allocation back, so this tests its real size.
-            if slot.recv.is_empty() && slot.recv.try_reclaim(KEEP_RECV_BUFFER + 1) {
-                slot.recv = BytesMut::new();
+            let (front, back) = slot.recv.as_slices();
+            let from_front = n.min(front.len());
+            buf.put_slice(&front[..from_front]);
+            buf.put_slice(&back[..n - from_front]);
+            slot.recv.drain(..n);
+            if slot.recv.is_empty() && slot.recv.capacity() > KEEP_RECV_BUFFER {
+                slot.recv = VecDeque::new();
             }
             // n <= the window, a u32.
             slot.consumed += n as u32;
@@ -370,15 +384,20 @@ impl Conn {
     }
 
     /// Consumes every complete frame at the front of `buf`. Streams the peer opened are
-    /// appended to `accepted`. Returns how many bytes the next frame needs in `buf`.
+    /// appended to `accepted`.
     pub(crate) fn input(
         &mut self,
-        buf: &mut BytesMut,
+        buf: &[u8],
         accepted: &mut Vec<u32>,
-    ) -> Result<usize, ProtocolError> {
+    ) -> Result<Parsed, ProtocolError> {
+        let mut at = 0;
         loop {
-            let Some(head) = buf.first_chunk::<HEADER_LEN>() else {
-                return Ok(HEADER_LEN);
+            let rest = &buf[at..];
+            let Some(head) = rest.first_chunk::<HEADER_LEN>() else {
+                return Ok(Parsed {
+                    consumed: at,
+                    need: HEADER_LEN,
+                });
             };
             let header = Header::decode(head)?;
             let body = match header.kind {
@@ -395,11 +414,14 @@ impl Conn {
                 }
                 _ => 0,
             };
-            if buf.len() < HEADER_LEN + body {
-                return Ok(HEADER_LEN + body);
+            if rest.len() < HEADER_LEN + body {
+                return Ok(Parsed {
+                    consumed: at,
+                    need: HEADER_LEN + body,
+                });
             }
-            self.frame(header, &buf[HEADER_LEN..HEADER_LEN + body], accepted)?;
-            buf.advance(HEADER_LEN + body);
+            self.frame(header, &rest[HEADER_LEN..HEADER_LEN + body], accepted)?;
+            at += HEADER_LEN + body;
             if self.out.len() > OUT_HARD_LIMIT {
                 return Err(ProtocolError::NotReading);
             }
@@ -457,7 +479,11 @@ impl Conn {
                     });
                 }
                 slot.recv_window -= len;
-                slot.recv.extend_from_slice(body);
+                if slot.recv.capacity() == 0 && body.len() > KEEP_RECV_BUFFER {
+                    slot.recv
+                        .reserve(BULK_RECV_BUFFER.min(self.window as usize));
+                }
+                slot.recv.extend(body);
                 wake(&mut slot.reader, &mut self.wake);
             }
             Kind::WindowUpdate if h.length > 0 => {
@@ -588,9 +614,9 @@ mod tests {
 
     /// Feeds bytes as the peer's; returns the streams it opened or the protocol error.
     fn feed(conn: &mut Conn, bytes: &[u8]) -> Result<Vec<u32>, ProtocolError> {
-        let (mut buf, mut accepted) = (BytesMut::from(bytes), Vec::new());
-        conn.input(&mut buf, &mut accepted)?;
-        assert!(buf.is_empty(), "a partial frame was left");
+        let mut accepted = Vec::new();
+        let parsed = conn.input(bytes, &mut accepted)?;
+        assert_eq!(parsed.consumed, bytes.len(), "a partial frame was left");
         Ok(accepted)
     }
 
@@ -672,9 +698,8 @@ mod tests {
             "{err}"
         );
         // A frame announcing more than any window is refused before its body arrives.
-        let (mut buf, mut accepted) = (BytesMut::new(), Vec::new());
-        buf.extend_from_slice(&Header::new(Kind::Data, 0, 1, 1 << 31).encode());
-        assert!(conn.input(&mut buf, &mut accepted).is_err());
+        let header = Header::new(Kind::Data, 0, 1, 1 << 31).encode();
+        assert!(conn.input(&header, &mut Vec::new()).is_err());
     }
 
     #[test]

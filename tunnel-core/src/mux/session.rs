@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::task::AtomicWaker;
@@ -29,7 +28,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{Instrument, debug};
 
 use super::conn::{Conn, End, OpenFail, ProtocolError, Side};
-use super::frame::{GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR};
+use super::frame::{GO_AWAY_NORMAL, GO_AWAY_PROTOCOL_ERROR, HEADER_LEN};
 use super::stream::RawStream;
 use crate::config::Limits;
 use crate::protocol::STREAM_OPEN_TIMEOUT;
@@ -195,7 +194,9 @@ impl Unstarted {
             io,
             state: parts.state,
             inbound: parts.inbound,
-            read: BytesMut::new(),
+            read: Vec::new(),
+            read_at: 0,
+            need: HEADER_LEN,
             idle: true,
             writing: Vec::new(),
             written: 0,
@@ -355,7 +356,11 @@ struct Driver<T> {
     state: Arc<SessionState>,
     inbound: mpsc::Sender<Box<Stream>>,
     /// Bytes read and not parsed yet (a partial frame); no allocation while idle.
-    read: BytesMut,
+    read: Vec<u8>,
+    /// Where the unparsed bytes start in `read`.
+    read_at: usize,
+    /// Bytes the frame at `read_at` needs in all.
+    need: usize,
     /// No read buffer is held: the next read goes to a stack buffer first.
     idle: bool,
     /// Frames taken from the session for writing; `written` of them are on the socket.
@@ -470,18 +475,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         }
         let (parsed, went_away) = {
             let mut conn = lock(&self.state.conn);
-            let parsed = conn.input(&mut self.read, &mut self.accepted);
+            let parsed = conn.input(&self.read[self.read_at..], &mut self.accepted);
             std::mem::swap(&mut conn.wake, &mut self.wake);
             (parsed, conn.peer_went_away())
         };
         self.wake.drain(..).for_each(std::task::Waker::wake);
-        let need = parsed.map_err(Outcome::Protocol)?;
-        if self.read.is_empty() && n < READ_PROBE {
-            self.read = BytesMut::new();
-            self.idle = true;
-        } else if self.read.capacity() < need {
-            self.read.reserve(need - self.read.len());
+        let parsed = parsed.map_err(Outcome::Protocol)?;
+        self.read_at += parsed.consumed;
+        if self.read_at == self.read.len() {
+            self.read.clear();
+            self.read_at = 0;
+            if n < READ_PROBE {
+                self.read = Vec::new();
+                self.idle = true;
+            }
         }
+        self.need = parsed.need;
         let moved = std::mem::take(&mut lock(&self.state.conn).backlog_moved);
         if moved {
             self.state.acks.notify_waiters();
@@ -510,15 +519,33 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             let mut probe = [MaybeUninit::<u8>::uninit(); READ_PROBE];
             let mut buf = ReadBuf::uninit(&mut probe);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-            self.read = BytesMut::from(buf.filled());
+            // A full probe means more is coming: room for a chunk at once.
+            let n = buf.filled().len();
+            self.read = Vec::with_capacity(if n == READ_PROBE { READ_CHUNK } else { n });
+            self.read.extend_from_slice(buf.filled());
             self.idle = false;
             return Poll::Ready(Ok(buf.filled().len()));
         }
-        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
-            // Takes back the whole buffer when every frame in it was parsed.
-            self.read.reserve(READ_CHUNK);
+        // Compacts only when the room runs short: a partial frame is moved at most once
+        // per chunk, not after every read.
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4
+            || self.read.capacity() - self.read_at < self.need
+        {
+            self.make_room(self.need);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Moves the unparsed bytes (at most one incomplete frame) to the front of the read
+    /// buffer, which then holds `need` bytes and has room for a chunk's read.
+    fn make_room(&mut self, need: usize) {
+        if self.read_at > 0 {
+            self.read.copy_within(self.read_at.., 0);
+            self.read.truncate(self.read.len() - self.read_at);
+            self.read_at = 0;
+        }
+        let want = need.max(self.read.len() + READ_CHUNK / 4).max(READ_CHUNK);
+        self.read.reserve(want.saturating_sub(self.read.len()));
     }
 
     /// Writes the frames the streams queued, then flushes. `Ok(true)` if it wrote any;
