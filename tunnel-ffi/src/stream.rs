@@ -9,7 +9,7 @@
 //!
 //! The data path of one byte:
 //! - read, when bytes are already buffered (a bulk transfer that Python drains slower than
-//!   it arrives): yamux's stream buffer → this stream's read buffer (reused, see
+//!   it arrives): the multiplexer's stream buffer → this stream's read buffer (reused, see
 //!   [`Reader`]) → a Python `bytes`, all on the caller's thread, and the awaitable is
 //!   returned already done ([`Shared::read_now`]). Two copies, no task, no thread hop.
 //! - read that must wait: the same into the read buffer, then the `Vec` handed over → a
@@ -55,14 +55,12 @@ const WRITE_HARD_LIMIT: usize = 16 << 20;
 
 /// The read half and the buffer it reads into.
 ///
-/// The core stream is a `Compat<yamux::Stream>`, and tokio-util's `Compat::poll_read`
-/// initialises (zeroes) the whole unfilled part of the buffer before every poll, since a
-/// futures-io reader takes `&mut [u8]`. Reading into fresh capacity therefore zeroed up to
-/// [`MAX_READ`] bytes per read (more than the read itself: yamux hands over what it has
-/// buffered, often one 16 KiB frame). This buffer is zeroed once, when it grows, and
-/// reused; each read copies only the bytes it got out of it. Memory: one buffer per stream
-/// as large as the largest read asked (at most [`MAX_READ`]), released with the read half;
-/// before, every pending read held (and had zeroed) a buffer that large anyway.
+/// The buffer is zeroed once, when it grows, and reused; each read copies only the bytes
+/// it got out of it. (Until the multiplexer was our own, the core stream was a
+/// `Compat<yamux::Stream>`, whose `poll_read` zeroed the whole unfilled buffer on every
+/// poll, up to [`MAX_READ`] bytes per read; a fresh buffer per read would also cost an
+/// allocation.) Memory: one buffer per stream as large as the largest read asked (at most
+/// [`MAX_READ`]), released with the read half.
 struct Reader {
     half: ReadHalf<tunnel_core::Stream>,
     buf: Vec<u8>,
