@@ -473,13 +473,17 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if n == 0 {
             return Poll::Ready(Ok(false));
         }
-        let (parsed, went_away) = {
+        let (parsed, went_away, backlog_moved) = {
             let mut conn = lock(&self.state.conn);
             let parsed = conn.input(&self.read[self.read_at..], &mut self.accepted);
             std::mem::swap(&mut conn.wake, &mut self.wake);
-            (parsed, conn.peer_went_away())
+            let moved = std::mem::take(&mut conn.backlog_moved);
+            (parsed, conn.peer_went_away(), moved)
         };
         self.wake.drain(..).for_each(std::task::Waker::wake);
+        if backlog_moved {
+            self.state.acks.notify_waiters();
+        }
         let parsed = parsed.map_err(Outcome::Protocol)?;
         self.read_at += parsed.consumed;
         if self.read_at == self.read.len() {
@@ -491,10 +495,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             }
         }
         self.need = parsed.need;
-        let moved = std::mem::take(&mut lock(&self.state.conn).backlog_moved);
-        if moved {
-            self.state.acks.notify_waiters();
-        }
         for id in self.accepted.drain(..) {
             // Dropping a stream resets it: the peer learns at once.
             let raw = RawStream::new(id, self.state.clone());
