@@ -1,6 +1,7 @@
 //! The public [`Stream`]: one tunnelled byte stream over a yamux stream, which reports a
 //! lost session as an error and never as a clean end.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::error::DialError;
-use crate::mux::{RawStream, SessionState};
+use crate::mux::{HEADER_LEN, RawStream, SessionState};
 use crate::protocol::{
     FrameError, FrameReader, MAX_HEADER_LEN, Message, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -121,6 +122,90 @@ impl Stream {
         Poll::Ready(Err(error))
     }
 
+    /// The splice's read: takes the stream's buffered bytes whole instead of copying them
+    /// (see [`RawStream::poll_take`]); `into` left empty is the end of the stream. The
+    /// window goes back to the peer as [`Stream::release`] reports bytes delivered.
+    pub(crate) fn poll_take(
+        &mut self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<u8>,
+    ) -> Poll<io::Result<()>> {
+        if !matches!(self.answer, Answer::Ok) {
+            std::task::ready!(self.poll_answer(cx))?;
+        }
+        let Poll::Ready(res) = self.inner.poll_take(cx, into) else {
+            return self.pending_or_lost(cx);
+        };
+        res.map_err(|e| reset_if_dead(e, &self.session))?;
+        self.end_or_lost(into.is_empty())
+    }
+
+    /// `n` bytes from [`Stream::poll_take`] were delivered.
+    pub(crate) fn release(&mut self, n: usize) {
+        self.inner.release(n);
+    }
+
+    /// The splice's write, first half: reserves up to `max` bytes of send window for one
+    /// frame that the caller fills behind [`HEADER_LEN`] bytes of room and queues with
+    /// [`Stream::poll_submit`].
+    pub(crate) fn poll_reserve(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        if let Answer::Failed { kind, text } = &self.answer {
+            return Poll::Ready(Err(io::Error::new(*kind, text.clone())));
+        }
+        match self.inner.poll_reserve(cx, max) {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(cx, e))),
+            Poll::Pending => self.pending_or_lost(cx),
+        }
+    }
+
+    /// The splice's write, second half: queues the frame, taking its buffer whole when it
+    /// can, and leaves `frame` empty.
+    pub(crate) fn poll_submit(
+        &mut self,
+        cx: &mut Context<'_>,
+        frame: &mut Vec<u8>,
+        reserved: usize,
+    ) -> Poll<io::Result<()>> {
+        let body = frame.len().saturating_sub(HEADER_LEN);
+        match self.inner.poll_submit(cx, frame, reserved) {
+            Poll::Ready(Ok(())) => {
+                if let Answer::Pending(p) = &mut self.answer {
+                    p.written += body as u64;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(self.write_failed(cx, e))),
+            Poll::Pending => self.pending_or_lost(cx),
+        }
+    }
+
+    /// What a read that found no byte means: the end of the stream, unless the session
+    /// died under it (a FIN never looks like a lost session).
+    fn end_or_lost(&self, nothing: bool) -> Poll<io::Result<()>> {
+        if nothing && self.session.is_dead() {
+            return Poll::Ready(Err(lost()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The error a failed write reports.
+    fn write_failed(&mut self, cx: &mut Context<'_>, e: io::Error) -> io::Error {
+        // A refused stream is closed by the far end, maybe before this write: its answer,
+        // already here, is the error to give. The read side of a closed stream never
+        // waits, so this takes no reader's wakeup.
+        if matches!(self.answer, Answer::Pending(_))
+            && let Poll::Ready(Err(refused)) = self.poll_answer(cx)
+        {
+            return refused;
+        }
+        reset_if_dead(e, &self.session)
+    }
+
     /// Turns `Pending` into a reset once the session has ended.
     fn pending_or_lost<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         match self.ended.as_mut().poll(cx) {
@@ -174,13 +259,7 @@ impl AsyncRead for Stream {
             return this.pending_or_lost(cx);
         };
         res.map_err(|e| reset_if_dead(e, &this.session))?;
-        if buf.filled().len() == before && buf.remaining() > 0 {
-            // End of stream: tell a FIN from a reset or a lost session.
-            if this.session.is_dead() {
-                return Poll::Ready(Err(lost()));
-            }
-        }
-        Poll::Ready(Ok(()))
+        this.end_or_lost(buf.filled().len() == before && buf.remaining() > 0)
     }
 }
 
@@ -203,17 +282,7 @@ impl AsyncWrite for Stream {
                 }
                 Poll::Ready(Ok(n))
             }
-            Poll::Ready(Err(e)) => {
-                // A refused stream is closed by the far end, maybe before this write: its
-                // answer, already here, is the error to give. The read side of a closed
-                // stream never waits, so this takes no reader's wakeup.
-                if matches!(this.answer, Answer::Pending(_))
-                    && let Poll::Ready(Err(refused)) = this.poll_answer(cx)
-                {
-                    return Poll::Ready(Err(refused));
-                }
-                Poll::Ready(Err(reset_if_dead(e, &this.session)))
-            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(this.write_failed(cx, e))),
             Poll::Pending => this.pending_or_lost(cx),
         }
     }

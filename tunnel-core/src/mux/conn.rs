@@ -98,6 +98,8 @@ struct Slot {
     recv_window: u32,
     /// Bytes read since our last window update.
     consumed: u32,
+    /// Bytes handed out by [`Conn::take`] and not released yet.
+    taken: u32,
     /// Bytes we may still send.
     send_window: u32,
     /// Opened here and not announced yet: the first frame carries SYN.
@@ -242,15 +244,7 @@ impl Conn {
             }
             // n <= the window, a u32.
             slot.consumed += n as u32;
-            if slot.consumed >= self.window / 4
-                && !slot.remote_fin
-                && !slot.reset
-                && self.end.is_none()
-            {
-                let delta = std::mem::take(&mut slot.consumed);
-                slot.recv_window += delta;
-                self.push(Header::new(Kind::WindowUpdate, 0, id, delta), &[]);
-            }
+            self.grant(id);
             return Poll::Ready(Ok(()));
         }
         if slot.remote_fin || buf.remaining() == 0 {
@@ -266,6 +260,68 @@ impl Conn {
         Poll::Pending
     }
 
+    /// Grants the peer the window a stream's reader freed, once it is a quarter of the
+    /// window (a window update per read would double the frames of a bulk transfer).
+    fn grant(&mut self, id: u32) {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if slot.consumed >= self.window / 4 && !slot.remote_fin && !slot.reset && self.end.is_none()
+        {
+            let delta = std::mem::take(&mut slot.consumed);
+            slot.recv_window += delta;
+            self.push(Header::new(Kind::WindowUpdate, 0, id, delta), &[]);
+        }
+    }
+
+    /// Hands a stream's buffered bytes over whole: swaps its buffer with `into` (which
+    /// must be empty), so no byte is copied. The peer gets that window back only as
+    /// [`Conn::release`] reports the bytes delivered. `Ready(Ok)` with `into` still empty
+    /// is the end of the stream; the errors are [`Conn::read`]'s.
+    pub(crate) fn take(
+        &mut self,
+        id: u32,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<u8>,
+    ) -> Poll<io::Result<()>> {
+        debug_assert!(into.is_empty());
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        if !slot.recv.is_empty() {
+            // recv.len() <= the window, a u32.
+            slot.taken += slot.recv.len() as u32;
+            std::mem::swap(&mut slot.recv, into);
+            return Poll::Ready(Ok(()));
+        }
+        // Nothing to take: the stream is quiet, so it keeps no large buffer.
+        if slot.recv.capacity() > KEEP_RECV_BUFFER {
+            slot.recv = VecDeque::new();
+        }
+        if slot.remote_fin {
+            return Poll::Ready(Ok(()));
+        }
+        if slot.reset {
+            return Poll::Ready(Err(reset()));
+        }
+        if self.end.is_some() {
+            return Poll::Ready(Err(lost()));
+        }
+        register(&mut slot.reader, cx);
+        Poll::Pending
+    }
+
+    /// `n` bytes from [`Conn::take`] were delivered: their window goes back to the peer.
+    pub(crate) fn release(&mut self, id: u32, n: usize) {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let n = u32::try_from(n).unwrap_or(u32::MAX).min(slot.taken);
+        slot.taken -= n;
+        slot.consumed += n;
+        self.grant(id);
+    }
+
     /// Queues as much of `data` as the stream's send window and the frame queue take.
     pub(crate) fn write(
         &mut self,
@@ -273,33 +329,11 @@ impl Conn {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let Some(slot) = self.streams.get_mut(&id) else {
-            return Poll::Ready(Err(lost()));
-        };
-        if slot.reset {
-            return Poll::Ready(Err(reset()));
-        }
-        if self.end.is_some() {
-            return Poll::Ready(Err(lost()));
-        }
-        if slot.local_fin {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "write after the stream was shut down",
-            )));
-        }
+        self.writable(id)?;
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if slot.send_window == 0 {
-            register(&mut slot.writer, cx);
-            return Poll::Pending;
-        }
-        if self.out.len() >= OUT_LIMIT {
-            register(&mut slot.writer, cx);
-            if !std::mem::replace(&mut slot.wants_room, true) {
-                self.room_waiters += 1;
-            }
+        if self.wait_for_window(id, cx) || self.wait_for_room(id, cx) {
             return Poll::Pending;
         }
         let mut written = 0;
@@ -323,6 +357,114 @@ impl Conn {
             written += n;
         }
         Poll::Ready(Ok(written))
+    }
+
+    /// Whether the stream may still be written to.
+    fn writable(&self, id: u32) -> io::Result<()> {
+        let Some(slot) = self.streams.get(&id) else {
+            return Err(lost());
+        };
+        if slot.reset {
+            return Err(reset());
+        }
+        if self.end.is_some() {
+            return Err(lost());
+        }
+        if slot.local_fin {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after the stream was shut down",
+            ));
+        }
+        Ok(())
+    }
+
+    /// True (and the writer registered) if the stream's send window is spent.
+    fn wait_for_window(&mut self, id: u32, cx: &Context<'_>) -> bool {
+        match self.streams.get_mut(&id) {
+            Some(slot) if slot.send_window == 0 => {
+                register(&mut slot.writer, cx);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// True (and the writer registered) if the frame queue is full.
+    fn wait_for_room(&mut self, id: u32, cx: &Context<'_>) -> bool {
+        if self.out.len() < OUT_LIMIT {
+            return false;
+        }
+        if let Some(slot) = self.streams.get_mut(&id) {
+            register(&mut slot.writer, cx);
+            if !std::mem::replace(&mut slot.wants_room, true) {
+                self.room_waiters += 1;
+            }
+        }
+        true
+    }
+
+    /// Takes up to `max` bytes of the stream's send window for one frame, which the caller
+    /// fills and queues with [`Conn::submit`]: so a splice can read straight into the
+    /// frame. Waits while the window is spent.
+    pub(crate) fn reserve(
+        &mut self,
+        id: u32,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.writable(id)?;
+        if self.wait_for_window(id, cx) {
+            return Poll::Pending;
+        }
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        // `send_window` is a u32, so `n` fits one.
+        let n = max.min(slot.send_window as usize);
+        slot.send_window -= n as u32;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Queues `frame` (`HEADER_LEN` bytes of room for the header, then at most the body
+    /// [`Conn::reserve`] allowed) as one data frame, and gives back the part of `reserved`
+    /// it did not use. The buffer is taken whole when no other frame waits (no copy);
+    /// `frame` is left empty either way. Waits while the frame queue is full; an empty
+    /// body queues nothing.
+    pub(crate) fn submit(
+        &mut self,
+        id: u32,
+        cx: &mut Context<'_>,
+        frame: &mut Vec<u8>,
+        reserved: usize,
+    ) -> Poll<io::Result<()>> {
+        let body = frame.len().saturating_sub(HEADER_LEN);
+        debug_assert!(body <= reserved, "a frame over its reservation");
+        if body > 0 {
+            self.writable(id)?;
+            if self.wait_for_room(id, cx) {
+                return Poll::Pending;
+            }
+        }
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return Poll::Ready(Err(lost()));
+        };
+        let body = body.min(reserved);
+        frame.truncate(HEADER_LEN + body);
+        // Both are at most a u32 window.
+        slot.send_window += (reserved - body) as u32;
+        if body > 0 {
+            let flags = self.announce(id);
+            let header = Header::new(Kind::Data, flags, id, body as u32);
+            frame[..HEADER_LEN].copy_from_slice(&header.encode());
+            if self.out.is_empty() {
+                std::mem::swap(&mut self.out, frame);
+            } else {
+                self.out.extend_from_slice(&frame[..HEADER_LEN + body]);
+            }
+        }
+        frame.clear();
+        Poll::Ready(Ok(()))
     }
 
     /// Sends FIN after what the stream already wrote.
@@ -565,8 +707,11 @@ impl Conn {
     #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn check_invariants(&self) {
         for slot in self.streams.values() {
-            // Granted = not yet sent + buffered + read but not yet granted again.
-            let granted = slot.recv_window as usize + slot.recv.len() + slot.consumed as usize;
+            // Granted = not yet sent + buffered + taken + read but not yet granted again.
+            let granted = slot.recv_window as usize
+                + slot.recv.len()
+                + slot.taken as usize
+                + slot.consumed as usize;
             assert_eq!(granted, self.window as usize);
         }
         assert!(self.out.len() <= OUT_HARD_LIMIT + 2 * HEADER_LEN);

@@ -15,9 +15,10 @@ mod stream;
 #[cfg(feature = "fuzzing")]
 pub(crate) use conn::Conn;
 pub(crate) use conn::Side;
-#[cfg(test)]
-pub(crate) use session::driver_future_size;
+pub(crate) use frame::HEADER_LEN;
 pub(crate) use session::{Inbound, OpenError, Opener, Session, SessionState, Unstarted};
+#[cfg(test)]
+pub(crate) use session::{StreamPair, driver_future_size};
 pub(crate) use stream::RawStream;
 #[cfg(test)]
 mod interop_tests;

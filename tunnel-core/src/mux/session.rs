@@ -598,3 +598,45 @@ pub(crate) fn driver_future_size<T: AsyncRead + AsyncWrite + Unpin>() -> usize {
     }
     size(Driver::<T>::run)
 }
+
+/// Two ends of one stream, over two sessions on an in-memory pipe; the sessions live as
+/// long as the pair.
+#[cfg(test)]
+pub(crate) struct StreamPair {
+    pub(crate) near: Stream,
+    pub(crate) far: Stream,
+    _sessions: [(Session, Inbound); 2],
+}
+
+#[cfg(test)]
+impl StreamPair {
+    pub(crate) async fn new(limits: &Limits) -> Self {
+        use tokio::io::AsyncReadExt;
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let near = Session::spawn(
+            a,
+            limits,
+            Opener::Local,
+            Side::Client,
+            tracing::Span::none(),
+        );
+        let mut far = Session::spawn(
+            b,
+            limits,
+            Opener::Remote,
+            Side::Server,
+            tracing::Span::none(),
+        );
+        let mut stream = near.0.open().await.expect("open");
+        // The peer learns of a stream with its first byte.
+        stream.write_all(b"!").await.expect("announce");
+        let mut accepted = far.1.recv().await.expect("accept");
+        let mut one = [0u8];
+        accepted.read_exact(&mut one).await.expect("first byte");
+        Self {
+            near: stream,
+            far: accepted,
+            _sessions: [near, far],
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! [`RawStream`]: the handle of one yamux stream, which reads and writes through the
 //! session's [`Conn`](super::conn::Conn) under its lock.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,6 +33,35 @@ impl RawStream {
 
     pub(crate) fn id(&self) -> u32 {
         self.id
+    }
+
+    /// Takes the stream's buffered bytes whole: see [`Conn::take`].
+    pub(crate) fn poll_take(
+        &self,
+        cx: &mut Context<'_>,
+        into: &mut VecDeque<u8>,
+    ) -> Poll<io::Result<()>> {
+        self.with(|conn| conn.take(self.id, cx, into))
+    }
+
+    /// Bytes from [`RawStream::poll_take`] were delivered: see [`Conn::release`].
+    pub(crate) fn release(&self, n: usize) {
+        self.with(|conn| conn.release(self.id, n));
+    }
+
+    /// Reserves send window for one frame: see [`Conn::reserve`].
+    pub(crate) fn poll_reserve(&self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
+        self.with(|conn| conn.reserve(self.id, cx, max))
+    }
+
+    /// Queues a frame filled after [`RawStream::poll_reserve`]: see [`Conn::submit`].
+    pub(crate) fn poll_submit(
+        &self,
+        cx: &mut Context<'_>,
+        frame: &mut Vec<u8>,
+        reserved: usize,
+    ) -> Poll<io::Result<()>> {
+        self.with(|conn| conn.submit(self.id, cx, frame, reserved))
     }
 
     /// Runs `f` under the session's lock, then wakes the driver if `f` queued the first

@@ -313,6 +313,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         }
         res
     }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
+        if let Poll::Ready(Ok(n)) = &res {
+            self.counters.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        if res.is_ready() {
+            self.activity.touch();
+        }
+        res
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
