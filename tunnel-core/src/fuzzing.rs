@@ -70,15 +70,17 @@ pub fn yamux_meter(data: &[u8]) {
 }
 
 /// The multiplexer's session state on arbitrary peer bytes, fed in chunks, with the local
-/// side reading, writing, shutting down, dropping and opening streams in between (the
-/// first byte picks the side and the chunk size). It must never panic, and every stream
+/// side reading, writing (both as a stream handle does and as a splice does: take and
+/// release, reserve and submit), shutting down, dropping and opening streams in between
+/// (the first byte picks the side and the chunk size). It must never panic, and every stream
 /// must stay within the window it was granted.
 pub fn mux_frames(data: &[u8]) {
-    use std::task::Context;
+    use std::collections::{HashMap, VecDeque};
+    use std::task::{Context, Poll};
 
     use tokio::io::ReadBuf;
 
-    use crate::mux::{Conn, Side};
+    use crate::mux::{Conn, HEADER_LEN, Side};
 
     let Some((&first, rest)) = data.split_first() else {
         return;
@@ -89,6 +91,7 @@ pub fn mux_frames(data: &[u8]) {
         Side::Client
     };
     let mut conn = Conn::new(side, 0, 8);
+    let mut held: HashMap<u32, VecDeque<u8>> = HashMap::new();
     let (mut buf, mut accepted, mut open) = (Vec::new(), Vec::new(), Vec::new());
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -104,9 +107,31 @@ pub fn mux_frames(data: &[u8]) {
         open.append(&mut accepted);
         let op = piece[0];
         for &id in &open {
-            let mut into = [0u8; 64];
-            let _ = conn.read(id, &mut cx, &mut ReadBuf::new(&mut into));
-            let _ = conn.write(id, &mut cx, piece);
+            if op & 0x20 == 0 {
+                let mut into = [0u8; 64];
+                let _ = conn.read(id, &mut cx, &mut ReadBuf::new(&mut into));
+            } else {
+                // The splice's read: take the buffer whole, deliver part, release that.
+                let held = held.entry(id).or_default();
+                if held.is_empty() {
+                    let _ = conn.take(id, &mut cx, held);
+                }
+                let n = held.len().min(usize::from(op));
+                held.drain(..n);
+                conn.release(id, n);
+            }
+            if op & 0x40 == 0 {
+                let _ = conn.write(id, &mut cx, piece);
+            } else if let Poll::Ready(Ok(n)) = conn.reserve(id, &mut cx, piece.len()) {
+                // The splice's write: a frame filled behind header room.
+                let mut frame = vec![0u8; HEADER_LEN];
+                frame.extend_from_slice(&piece[..n]);
+                if conn.submit(id, &mut cx, &mut frame, n).is_pending() {
+                    // Gives the reservation back, as a splice that ends does.
+                    frame.clear();
+                    let _ = conn.submit(id, &mut cx, &mut frame, n);
+                }
+            }
             if op & 0x10 != 0 {
                 let _ = conn.shutdown(id);
             }
@@ -114,6 +139,7 @@ pub fn mux_frames(data: &[u8]) {
         if op % 5 == 0
             && let Some(id) = open.pop()
         {
+            held.remove(&id);
             conn.drop_stream(id);
         }
         if op % 7 == 0

@@ -912,6 +912,77 @@ mod tests {
     }
 
     #[test]
+    fn taken_bytes_are_granted_back_only_as_they_are_released() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        let quarter = INITIAL_WINDOW as usize / 4;
+        let body = vec![7u8; quarter + 10];
+        feed(&mut conn, &data(SYN, 1, &body)).unwrap();
+        sent(&mut conn);
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let mut taken = VecDeque::new();
+        assert!(matches!(
+            conn.take(1, &mut cx, &mut taken),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(taken.len(), body.len());
+        conn.check_invariants();
+        assert!(
+            sent(&mut conn).is_empty(),
+            "nothing granted before delivery"
+        );
+        conn.release(1, quarter - 1);
+        assert!(sent(&mut conn).is_empty(), "under a quarter window");
+        conn.release(1, 11);
+        let grants = sent(&mut conn);
+        assert_eq!(grants.len(), 1);
+        assert_eq!(grants[0].kind, Kind::WindowUpdate);
+        assert_eq!(grants[0].length as usize, quarter + 10);
+        conn.check_invariants();
+        // Nothing left: the stream waits, and its FIN then reads as the end.
+        taken.clear();
+        assert!(conn.take(1, &mut cx, &mut taken).is_pending());
+        feed(&mut conn, &frame(Kind::WindowUpdate, FIN, 1, &[], 0)).unwrap();
+        assert!(matches!(
+            conn.take(1, &mut cx, &mut taken),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(taken.is_empty());
+    }
+
+    #[test]
+    fn a_reserved_frame_is_queued_whole_and_what_it_did_not_use_given_back() {
+        let mut conn = Conn::new(Side::Client, INITIAL_WINDOW, 8);
+        let id = conn.open().unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(Ok(reserved)) = conn.reserve(id, &mut cx, 64 * 1024) else {
+            panic!("the window is open");
+        };
+        assert_eq!(reserved, 64 * 1024);
+        let mut frame = vec![0u8; HEADER_LEN];
+        frame.extend_from_slice(&[9u8; 1000]);
+        assert!(matches!(
+            conn.submit(id, &mut cx, &mut frame, reserved),
+            Poll::Ready(Ok(()))
+        ));
+        assert!(frame.is_empty());
+        let mut out = Vec::new();
+        conn.take_out(&mut out);
+        let header = Header::decode(out[..HEADER_LEN].try_into().unwrap()).unwrap();
+        assert_eq!(
+            (header.kind, header.flags, header.stream, header.length),
+            (Kind::Data, SYN, id, 1000)
+        );
+        assert_eq!(&out[HEADER_LEN..], &[9u8; 1000][..]);
+        // The unused 63 KiB came back: the rest of the window is still there.
+        let Poll::Ready(Ok(rest)) = conn.reserve(id, &mut cx, usize::MAX) else {
+            panic!("the window is open");
+        };
+        assert_eq!(rest, INITIAL_WINDOW as usize - 1000);
+    }
+
+    #[test]
     fn a_reset_reads_the_bytes_before_it_then_fails() {
         let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
         let mut bytes = data(SYN, 1, b"last");
