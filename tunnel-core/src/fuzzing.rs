@@ -80,7 +80,7 @@ pub fn mux_frames(data: &[u8]) {
 
     use tokio::io::ReadBuf;
 
-    use crate::mux::{Chunks, Conn, HEADER_LEN, Side};
+    use crate::mux::{Chunks, Conn, HEADER_LEN, Side, Spares};
 
     let Some((&first, rest)) = data.split_first() else {
         return;
@@ -117,8 +117,9 @@ pub fn mux_frames(data: &[u8]) {
                     let _ = conn.take(id, &mut cx, held);
                 }
                 let n = held.len().min(usize::from(op));
-                held.consume(n);
-                conn.release(id, n);
+                let mut spent = Spares::default();
+                held.consume(n, &mut spent);
+                conn.release(id, n, &mut spent);
             }
             if op & 0x40 == 0 {
                 let _ = conn.write(id, &mut cx, piece);

@@ -21,7 +21,7 @@ use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Stream;
-use crate::mux::{Chunks, HEADER_LEN};
+use crate::mux::{Chunks, HEADER_LEN, Spares};
 
 /// Largest frame body a splice reads at once while data flows: one read of the other end
 /// becomes one frame, its header and body 64 KiB (tokio's default of 8 KiB halves
@@ -177,6 +177,8 @@ impl IntoStream {
 struct OutOfStream {
     /// Taken from the stream and not written yet.
     buf: Chunks,
+    /// Buffers emptied since the last release, on their way back to the session.
+    spent: Spares,
     unflushed: bool,
     total: u64,
     phase: Phase,
@@ -234,10 +236,10 @@ impl OutOfStream {
             if n == 0 {
                 return Poll::Ready(Err(on(Side::A)(io::ErrorKind::WriteZero.into())));
             }
-            self.buf.consume(n);
+            self.buf.consume(n, &mut self.spent);
             self.total += n as u64;
             self.unflushed = true;
-            b.release(n);
+            b.release(n, &mut self.spent);
         }
         cx.waker().wake_by_ref();
         Poll::Pending
