@@ -80,7 +80,7 @@ pub fn mux_frames(data: &[u8]) {
 
     use tokio::io::ReadBuf;
 
-    use crate::mux::{Chunks, Conn, HEADER_LEN, Side, Spares};
+    use crate::mux::{Chunks, Conn, HEADER_LEN, Side};
 
     let Some((&first, rest)) = data.split_first() else {
         return;
@@ -117,9 +117,8 @@ pub fn mux_frames(data: &[u8]) {
                     let _ = conn.take(id, &mut cx, held);
                 }
                 let n = held.len().min(usize::from(op));
-                let mut spent = Spares::default();
-                held.consume(n, &mut spent);
-                conn.release(id, n, &mut spent);
+                held.consume(n);
+                conn.release(id, n);
             }
             if op & 0x40 == 0 {
                 let _ = conn.write(id, &mut cx, piece);

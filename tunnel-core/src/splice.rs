@@ -21,7 +21,7 @@ use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Stream;
-use crate::mux::{Chunks, HEADER_LEN, Spares};
+use crate::mux::{Chunks, HEADER_LEN};
 
 /// Largest frame body a splice reads at once while data flows: one read of the other end
 /// becomes one frame, its header and body 64 KiB (tokio's default of 8 KiB halves
@@ -177,8 +177,6 @@ impl IntoStream {
 struct OutOfStream {
     /// Taken from the stream and not written yet.
     buf: Chunks,
-    /// Buffers emptied since the last release, on their way back to the session.
-    spent: Spares,
     unflushed: bool,
     total: u64,
     phase: Phase,
@@ -236,10 +234,10 @@ impl OutOfStream {
             if n == 0 {
                 return Poll::Ready(Err(on(Side::A)(io::ErrorKind::WriteZero.into())));
             }
-            self.buf.consume(n, &mut self.spent);
+            self.buf.consume(n);
             self.total += n as u64;
             self.unflushed = true;
-            b.release(n, &mut self.spent);
+            b.release(n);
         }
         cx.waker().wake_by_ref();
         Poll::Pending

@@ -13,7 +13,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::error::DialError;
-use crate::mux::{Chunks, HEADER_LEN, RawStream, SessionState, Spares};
+use crate::mux::{Chunks, HEADER_LEN, RawStream, SessionState};
 use crate::protocol::{
     FrameError, FrameReader, MAX_HEADER_LEN, Message, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -139,10 +139,9 @@ impl Stream {
         self.end_or_lost(into.is_empty())
     }
 
-    /// `n` bytes from [`Stream::poll_take`] were delivered; `spent` holds the buffers
-    /// they emptied, for the session to reuse.
-    pub(crate) fn release(&mut self, n: usize, spent: &mut Spares) {
-        self.inner.release(n, spent);
+    /// `n` bytes from [`Stream::poll_take`] were delivered.
+    pub(crate) fn release(&mut self, n: usize) {
+        self.inner.release(n);
     }
 
     /// The splice's write, first half: reserves up to `max` bytes of send window for one

@@ -1,6 +1,6 @@
 //! [`Chunks`]: a stream's received bytes, kept as a queue of buffers, so that a frame body
 //! read into its own buffer joins its stream without a copy and a splice takes them all
-//! at once; and [`Spares`], the emptied body buffers a session reuses for the next ones.
+//! at once.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -14,47 +14,6 @@ use tokio::io::ReadBuf;
 pub(crate) const SMALL_BODY: usize = 4 * 1024;
 /// An empty queue that once held more buffers than this frees its table.
 const KEEP_SLOTS: usize = 4;
-/// Emptied body buffers a session keeps for the next large bodies: allocating and freeing
-/// a 64 KiB buffer per frame made the allocator give memory back to the system and fault it
-/// in again (a page fault per 4 KiB: more than the copy it saved).
-const SPARE_BUFFERS: usize = 4;
-/// Largest buffer kept as a spare: a peer's oversized frame is not kept around.
-const MAX_SPARE: usize = 128 * 1024;
-/// Smallest buffer kept as a spare (smaller ones hold small bodies, see [`SMALL_BODY`]).
-const MIN_SPARE: usize = 8 * 1024;
-
-/// Emptied body buffers, for reuse; at most [`SPARE_BUFFERS`] of them.
-#[derive(Debug, Default)]
-pub(crate) struct Spares(Vec<Vec<u8>>);
-
-impl Spares {
-    /// Keeps `buf` for reuse if there is room and it is of a useful size; drops it otherwise.
-    pub(crate) fn put(&mut self, mut buf: Vec<u8>) {
-        if self.0.len() < SPARE_BUFFERS && (MIN_SPARE..=MAX_SPARE).contains(&buf.capacity()) {
-            buf.clear();
-            self.0.push(buf);
-        }
-    }
-
-    /// An empty buffer with room for `len` bytes: a spare if there is one.
-    pub(crate) fn take(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = self.0.pop().unwrap_or_default();
-        buf.reserve(len);
-        buf
-    }
-
-    /// Moves every spare of `other` here (as many as fit).
-    pub(crate) fn absorb(&mut self, other: &mut Self) {
-        for buf in other.0.drain(..) {
-            self.put(buf);
-        }
-    }
-
-    /// Frees every spare (the session went quiet).
-    pub(crate) fn clear(&mut self) {
-        self.0 = Vec::new();
-    }
-}
 
 /// Bytes in order, as a queue of buffers; see the module docs.
 #[derive(Debug, Default)]
@@ -102,9 +61,8 @@ impl Chunks {
         self.bufs.push_back(buf);
     }
 
-    /// Moves bytes from the front into `out`; returns how many. Buffers it empties go to
-    /// `spares`.
-    pub(crate) fn copy_to(&mut self, out: &mut ReadBuf<'_>, spares: &mut Spares) -> usize {
+    /// Moves bytes from the front into `out`; returns how many.
+    pub(crate) fn copy_to(&mut self, out: &mut ReadBuf<'_>) -> usize {
         let mut n = 0;
         while out.remaining() > 0 {
             let Some(front) = self.bufs.front() else {
@@ -114,14 +72,14 @@ impl Chunks {
             let k = avail.len().min(out.remaining());
             out.put_slice(&avail[..k]);
             n += k;
-            self.consume(k, spares);
+            self.consume(k);
         }
         n
     }
 
-    /// Drops `n` bytes (at most [`Chunks::len`]) from the front; the buffers they emptied
-    /// go to `spares`.
-    pub(crate) fn consume(&mut self, n: usize, spares: &mut Spares) {
+    /// Drops `n` bytes (at most [`Chunks::len`]) from the front, freeing the buffers they
+    /// emptied.
+    pub(crate) fn consume(&mut self, n: usize) {
         let mut n = n.min(self.len);
         self.len -= n;
         while n > 0 {
@@ -134,9 +92,7 @@ impl Chunks {
                 break;
             }
             n -= left;
-            if let Some(buf) = self.bufs.pop_front() {
-                spares.put(buf);
-            }
+            self.bufs.pop_front();
             self.at = 0;
         }
         if self.bufs.is_empty() && self.bufs.capacity() > KEEP_SLOTS {
@@ -171,7 +127,7 @@ mod tests {
         let mut into = vec![0u8; step];
         while !chunks.is_empty() {
             let mut buf = ReadBuf::new(&mut into);
-            let n = chunks.copy_to(&mut buf, &mut Spares::default());
+            let n = chunks.copy_to(&mut buf);
             assert!(n > 0);
             got.extend_from_slice(buf.filled());
         }
@@ -204,34 +160,16 @@ mod tests {
         let mut chunks = Chunks::default();
         chunks.push(vec![1u8; 5000]);
         chunks.push(vec![2u8; 6000]);
-        let mut spares = Spares::default();
-        chunks.consume(4999, &mut spares);
+        chunks.consume(4999);
         {
             let mut slices = [IoSlice::new(&[]); 4];
             assert_eq!(chunks.slices(&mut slices), 2);
             assert_eq!((slices[0].len(), slices[1].len()), (1, 6000));
         }
-        chunks.consume(2, &mut spares);
-        assert_eq!(spares.0.len(), 0, "a 5000-byte buffer is not kept");
+        chunks.consume(2);
         assert_eq!(chunks.len(), 5999);
         let mut slices = [IoSlice::new(&[]); 4];
         assert_eq!(chunks.slices(&mut slices), 1);
-    }
-
-    #[test]
-    fn emptied_body_buffers_are_reused_up_to_a_bound() {
-        let mut chunks = Chunks::default();
-        let mut spares = Spares::default();
-        for _ in 0..SPARE_BUFFERS + 2 {
-            chunks.push(vec![1u8; 64 * 1024]);
-        }
-        chunks.push(vec![1u8; MAX_SPARE + 1]);
-        chunks.consume(chunks.len(), &mut spares);
-        assert_eq!(spares.0.len(), SPARE_BUFFERS);
-        let reused = spares.take(64 * 1024);
-        assert!(reused.is_empty() && reused.capacity() >= 64 * 1024);
-        spares.clear();
-        assert!(spares.0.is_empty());
     }
 
     #[test]

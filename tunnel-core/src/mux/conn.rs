@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::ReadBuf;
 
-use super::chunks::{Chunks, Spares};
+use super::chunks::Chunks;
 use super::frame::{
     ACK, FIN, GO_AWAY_NORMAL, HEADER_LEN, Header, HeaderError, INITIAL_WINDOW, Kind, RST, SYN,
 };
@@ -157,8 +157,6 @@ pub(crate) struct Conn {
     pub(crate) backlog_moved: bool,
     /// The peer sent GoAway: it takes no new streams.
     go_away: bool,
-    /// Emptied body buffers, for the driver's next large bodies.
-    pub(crate) spares: Spares,
     end: Option<End>,
 }
 
@@ -179,7 +177,6 @@ impl Conn {
             wake: Vec::new(),
             backlog_moved: false,
             go_away: false,
-            spares: Spares::default(),
             end: None,
         }
     }
@@ -245,7 +242,7 @@ impl Conn {
             return Poll::Ready(Err(lost()));
         };
         if !slot.recv.is_empty() && buf.remaining() > 0 {
-            let n = slot.recv.copy_to(buf, &mut self.spares);
+            let n = slot.recv.copy_to(buf);
             // n <= the window, a u32.
             slot.consumed += n as u32;
             self.grant(id);
@@ -311,10 +308,8 @@ impl Conn {
         Poll::Pending
     }
 
-    /// `n` bytes from [`Conn::take`] were delivered: their window goes back to the peer,
-    /// and the buffers they emptied (`spent`) to the session's spares.
-    pub(crate) fn release(&mut self, id: u32, n: usize, spent: &mut Spares) {
-        self.spares.absorb(spent);
+    /// `n` bytes from [`Conn::take`] were delivered: their window goes back to the peer.
+    pub(crate) fn release(&mut self, id: u32, n: usize) {
         let Some(slot) = self.streams.get_mut(&id) else {
             return;
         };
@@ -715,7 +710,6 @@ impl Conn {
         }
         self.end = Some(how);
         self.backlog_moved = true;
-        self.spares.clear();
         for slot in self.streams.values_mut() {
             wake(&mut slot.reader, &mut self.wake);
             wake(&mut slot.writer, &mut self.wake);
@@ -959,9 +953,9 @@ mod tests {
             sent(&mut conn).is_empty(),
             "nothing granted before delivery"
         );
-        conn.release(1, quarter - 1, &mut Spares::default());
+        conn.release(1, quarter - 1);
         assert!(sent(&mut conn).is_empty(), "under a quarter window");
-        conn.release(1, 11, &mut Spares::default());
+        conn.release(1, 11);
         let grants = sent(&mut conn);
         assert_eq!(grants.len(), 1);
         assert_eq!(grants[0].kind, Kind::WindowUpdate);

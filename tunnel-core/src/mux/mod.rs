@@ -14,7 +14,7 @@ mod frame;
 mod session;
 mod stream;
 
-pub(crate) use chunks::{Chunks, Spares};
+pub(crate) use chunks::Chunks;
 #[cfg(feature = "fuzzing")]
 pub(crate) use conn::Conn;
 pub(crate) use conn::Side;

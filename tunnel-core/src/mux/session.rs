@@ -506,7 +506,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             let at = self.read_at;
             let mut head = [0u8; HEADER_LEN];
             head.copy_from_slice(&self.read[at..at + HEADER_LEN]);
-            let mut body = lock(&self.state.conn).spares.take(self.need - HEADER_LEN);
+            let mut body = Vec::with_capacity(self.need - HEADER_LEN);
             body.extend_from_slice(&self.read[at + HEADER_LEN..]);
             self.direct = Some(Direct { head, body });
             self.read_at = self.read.len();
@@ -518,7 +518,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             if n < READ_PROBE && !header_only && self.direct.is_none() {
                 self.read = Vec::new();
                 self.idle = true;
-                lock(&self.state.conn).spares.clear();
             }
         }
         self.after_input()

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::chunks::{Chunks, Spares};
+use super::chunks::Chunks;
 use super::conn::Conn;
 use super::session::SessionState;
 use crate::util::lock;
@@ -45,8 +45,8 @@ impl RawStream {
     }
 
     /// Bytes from [`RawStream::poll_take`] were delivered: see [`Conn::release`].
-    pub(crate) fn release(&self, n: usize, spent: &mut Spares) {
-        self.with(|conn| conn.release(self.id, n, spent));
+    pub(crate) fn release(&self, n: usize) {
+        self.with(|conn| conn.release(self.id, n));
     }
 
     /// Reserves send window for one frame: see [`Conn::reserve`].
