@@ -75,12 +75,12 @@ pub fn yamux_meter(data: &[u8]) {
 /// (the first byte picks the side and the chunk size). It must never panic, and every stream
 /// must stay within the window it was granted.
 pub fn mux_frames(data: &[u8]) {
-    use std::collections::HashMap;
+    use std::collections::{HashMap, VecDeque};
     use std::task::{Context, Poll};
 
     use tokio::io::ReadBuf;
 
-    use crate::mux::{Chunks, Conn, HEADER_LEN, Side};
+    use crate::mux::{Conn, HEADER_LEN, Side};
 
     let Some((&first, rest)) = data.split_first() else {
         return;
@@ -91,7 +91,7 @@ pub fn mux_frames(data: &[u8]) {
         Side::Client
     };
     let mut conn = Conn::new(side, 0, 8);
-    let mut held: HashMap<u32, Chunks> = HashMap::new();
+    let mut held: HashMap<u32, VecDeque<u8>> = HashMap::new();
     let (mut buf, mut accepted, mut open) = (Vec::new(), Vec::new(), Vec::new());
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -117,7 +117,7 @@ pub fn mux_frames(data: &[u8]) {
                     let _ = conn.take(id, &mut cx, held);
                 }
                 let n = held.len().min(usize::from(op));
-                held.consume(n);
+                held.drain(..n);
                 conn.release(id, n);
             }
             if op & 0x40 == 0 {

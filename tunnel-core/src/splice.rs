@@ -12,6 +12,7 @@
 //! Both directions run in the caller's task, polled in turn: no `split()` lock, no task per
 //! direction. A quiet direction holds no buffer.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -21,7 +22,7 @@ use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::Stream;
-use crate::mux::{Chunks, HEADER_LEN};
+use crate::mux::HEADER_LEN;
 
 /// Largest frame body a splice reads at once while data flows: one read of the other end
 /// becomes one frame, its header and body 64 KiB (tokio's default of 8 KiB halves
@@ -30,9 +31,9 @@ const BUSY_FRAME: usize = 64 * 1024 - HEADER_LEN;
 /// Frame body while a direction is quiet (an idle ssh session, a held-open connection):
 /// a read that fills it switches to [`BUSY_FRAME`] until a read would wait.
 const QUIET_FRAME: usize = 2 * 1024;
-/// Buffers handed to one vectored write of the other end (a stream's bytes are a queue of
-/// frame bodies).
-const WRITE_SLICES: usize = 16;
+/// A buffer taken from the stream is kept for the next take if it is at most this large;
+/// a larger one is freed when the direction goes quiet.
+const KEEP_BUFFER: usize = 4 * 1024;
 /// Rounds one direction makes per poll before it yields, so that a peer that never stops
 /// sending cannot starve the other direction or the runtime.
 const ROUNDS_PER_POLL: usize = 16;
@@ -176,7 +177,7 @@ impl IntoStream {
 #[derive(Default)]
 struct OutOfStream {
     /// Taken from the stream and not written yet.
-    buf: Chunks,
+    buf: VecDeque<u8>,
     unflushed: bool,
     total: u64,
     phase: Phase,
@@ -205,6 +206,9 @@ impl OutOfStream {
             if self.buf.is_empty() {
                 match b.poll_take(cx, &mut self.buf) {
                     Poll::Pending => {
+                        if self.buf.capacity() > KEEP_BUFFER {
+                            self.buf = VecDeque::new();
+                        }
                         if self.unflushed {
                             ready!(Pin::new(&mut *a).poll_flush(cx)).map_err(on(Side::A))?;
                             self.unflushed = false;
@@ -213,28 +217,25 @@ impl OutOfStream {
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(on(Side::B)(e))),
                     Poll::Ready(Ok(())) if self.buf.is_empty() => {
+                        self.buf = VecDeque::new();
                         self.phase = Phase::ShuttingDown;
                         continue;
                     }
                     Poll::Ready(Ok(())) => {}
                 }
             }
-            let mut slices = [IoSlice::new(&[]); WRITE_SLICES];
-            let count = if a.is_write_vectored() {
-                self.buf.slices(&mut slices)
+            let (front, back) = self.buf.as_slices();
+            let write = if back.is_empty() || !a.is_write_vectored() {
+                Pin::new(&mut *a).poll_write(cx, front)
             } else {
-                self.buf.slices(&mut slices[..1])
-            };
-            let write = if count == 1 {
-                Pin::new(&mut *a).poll_write(cx, &slices[0])
-            } else {
-                Pin::new(&mut *a).poll_write_vectored(cx, &slices[..count])
+                let both = [IoSlice::new(front), IoSlice::new(back)];
+                Pin::new(&mut *a).poll_write_vectored(cx, &both)
             };
             let n = ready!(write).map_err(on(Side::A))?;
             if n == 0 {
                 return Poll::Ready(Err(on(Side::A)(io::ErrorKind::WriteZero.into())));
             }
-            self.buf.consume(n);
+            self.buf.drain(..n);
             self.total += n as u64;
             self.unflushed = true;
             b.release(n);

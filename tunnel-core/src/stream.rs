@@ -1,6 +1,7 @@
 //! The public [`Stream`]: one tunnelled byte stream over a yamux stream, which reports a
 //! lost session as an error and never as a clean end.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -13,7 +14,7 @@ use tokio::time::Sleep;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::error::DialError;
-use crate::mux::{Chunks, HEADER_LEN, RawStream, SessionState};
+use crate::mux::{HEADER_LEN, RawStream, SessionState};
 use crate::protocol::{
     FrameError, FrameReader, MAX_HEADER_LEN, Message, STREAM_OPEN_TIMEOUT, StatusCode,
 };
@@ -127,7 +128,7 @@ impl Stream {
     pub(crate) fn poll_take(
         &mut self,
         cx: &mut Context<'_>,
-        into: &mut Chunks,
+        into: &mut VecDeque<u8>,
     ) -> Poll<io::Result<()>> {
         if !matches!(self.answer, Answer::Ok) {
             std::task::ready!(self.poll_answer(cx))?;

@@ -7,13 +7,12 @@
 //! buffer (so a stream that does not read pins nothing but its window), and from the
 //! writer straight into the frame queue that the driver hands to TLS. No frame allocates.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::ReadBuf;
 
-use super::chunks::Chunks;
 use super::frame::{
     ACK, FIN, GO_AWAY_NORMAL, HEADER_LEN, Header, HeaderError, INITIAL_WINDOW, Kind, RST, SYN,
 };
@@ -33,6 +32,13 @@ pub(crate) const OUT_HARD_LIMIT: usize = OUT_LIMIT + 1024 * 1024;
 pub(crate) const ACK_BACKLOG: usize = 256;
 /// Largest per-stream receive window we grant, whatever the configured session window.
 pub(crate) const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
+/// A stream's read buffer is freed when a read empties it and it is larger than this: an
+/// idle stream after a transfer holds no buffer, a chatty one keeps a small one.
+const KEEP_RECV_BUFFER: usize = 4 * 1024;
+/// A stream's read buffer starts at this size when a large frame arrives (bulk data), so
+/// that it rarely grows (each growth copies what it holds); freeing it when a read empties
+/// it and allocating it again costs far less than the copies.
+const BULK_RECV_BUFFER: usize = 64 * 1024;
 
 /// Which stream IDs this end opens: the spec gives odd ones to the client (the end that
 /// dialled the connection) and even ones to the server.
@@ -85,9 +91,9 @@ pub(crate) enum ProtocolError {
 /// One open stream, from its handle's creation to its drop.
 #[derive(Debug, Default)]
 struct Slot {
-    /// Bytes received and not read yet; at most the window we granted. A queue of
-    /// buffers: a body read into its own buffer joins it without a copy.
-    recv: Chunks,
+    /// Bytes received and not read yet; at most the window we granted. A ring: appending
+    /// and reading never move what is already there.
+    recv: VecDeque<u8>,
     /// Bytes the peer may still send before our next window update.
     recv_window: u32,
     /// Bytes read since our last window update.
@@ -110,21 +116,6 @@ struct Slot {
     wants_room: bool,
     reader: Option<Waker>,
     writer: Option<Waker>,
-}
-
-/// A data frame's body: in the driver's read buffer, or read into a buffer of its own.
-enum Body<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl Body<'_> {
-    fn len(&self) -> usize {
-        match self {
-            Body::Borrowed(b) => b.len(),
-            Body::Owned(b) => b.len(),
-        }
-    }
 }
 
 /// What [`Conn::input`] took from its buffer.
@@ -241,8 +232,16 @@ impl Conn {
         let Some(slot) = self.streams.get_mut(&id) else {
             return Poll::Ready(Err(lost()));
         };
-        if !slot.recv.is_empty() && buf.remaining() > 0 {
-            let n = slot.recv.copy_to(buf);
+        if !slot.recv.is_empty() {
+            let n = buf.remaining().min(slot.recv.len());
+            let (front, back) = slot.recv.as_slices();
+            let from_front = n.min(front.len());
+            buf.put_slice(&front[..from_front]);
+            buf.put_slice(&back[..n - from_front]);
+            slot.recv.drain(..n);
+            if slot.recv.is_empty() && slot.recv.capacity() > KEEP_RECV_BUFFER {
+                slot.recv = VecDeque::new();
+            }
             // n <= the window, a u32.
             slot.consumed += n as u32;
             self.grant(id);
@@ -283,7 +282,7 @@ impl Conn {
         &mut self,
         id: u32,
         cx: &mut Context<'_>,
-        into: &mut Chunks,
+        into: &mut VecDeque<u8>,
     ) -> Poll<io::Result<()>> {
         debug_assert!(into.is_empty());
         let Some(slot) = self.streams.get_mut(&id) else {
@@ -294,6 +293,10 @@ impl Conn {
             slot.taken += slot.recv.len() as u32;
             std::mem::swap(&mut slot.recv, into);
             return Poll::Ready(Ok(()));
+        }
+        // Nothing to take: the stream is quiet, so it keeps no large buffer.
+        if slot.recv.capacity() > KEEP_RECV_BUFFER {
+            slot.recv = VecDeque::new();
         }
         if slot.remote_fin {
             return Poll::Ready(Ok(()));
@@ -559,8 +562,7 @@ impl Conn {
                     need: HEADER_LEN + body,
                 });
             }
-            let bytes = Body::Borrowed(&rest[HEADER_LEN..HEADER_LEN + body]);
-            self.frame(header, bytes, accepted)?;
+            self.frame(header, &rest[HEADER_LEN..HEADER_LEN + body], accepted)?;
             at += HEADER_LEN + body;
             if self.out.len() > OUT_HARD_LIMIT {
                 return Err(ProtocolError::NotReading);
@@ -568,35 +570,10 @@ impl Conn {
         }
     }
 
-    /// Consumes one data frame whose body the driver read into a buffer of its own (see
-    /// [`Conn::input`]'s `need`): the buffer joins its stream whole.
-    pub(crate) fn input_owned(
-        &mut self,
-        head: &[u8; HEADER_LEN],
-        body: Vec<u8>,
-        accepted: &mut Vec<u32>,
-    ) -> Result<(), ProtocolError> {
-        let header = Header::decode(head)?;
-        if header.kind != Kind::Data
-            || header.length > self.window
-            || header.length as usize != body.len()
-        {
-            return Err(ProtocolError::OverWindow {
-                stream: header.stream,
-                length: header.length,
-            });
-        }
-        self.frame(header, Body::Owned(body), accepted)?;
-        if self.out.len() > OUT_HARD_LIMIT {
-            return Err(ProtocolError::NotReading);
-        }
-        Ok(())
-    }
-
     fn frame(
         &mut self,
         h: Header,
-        body: Body<'_>,
+        body: &[u8],
         accepted: &mut Vec<u32>,
     ) -> Result<(), ProtocolError> {
         match h.kind {
@@ -631,11 +608,11 @@ impl Conn {
             self.backlog_moved = true;
         }
         match h.kind {
-            Kind::Data if body.len() > 0 && !slot.reset => {
+            Kind::Data if !body.is_empty() && !slot.reset => {
                 if slot.remote_fin {
                     return Err(ProtocolError::AfterFin(id));
                 }
-                // The body's length is the frame's u32 length.
+                // `body.len()` is the frame's u32 length.
                 let len = body.len() as u32;
                 if len > slot.recv_window {
                     return Err(ProtocolError::OverWindow {
@@ -644,10 +621,11 @@ impl Conn {
                     });
                 }
                 slot.recv_window -= len;
-                match body {
-                    Body::Borrowed(body) => slot.recv.extend_from_slice(body),
-                    Body::Owned(body) => slot.recv.push(body),
+                if slot.recv.capacity() == 0 && body.len() > KEEP_RECV_BUFFER {
+                    slot.recv
+                        .reserve(BULK_RECV_BUFFER.min(self.window as usize));
                 }
+                slot.recv.extend(body);
                 wake(&mut slot.reader, &mut self.wake);
             }
             Kind::WindowUpdate if h.length > 0 => {
@@ -942,7 +920,7 @@ mod tests {
         sent(&mut conn);
         let waker = futures::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        let mut taken = Chunks::default();
+        let mut taken = VecDeque::new();
         assert!(matches!(
             conn.take(1, &mut cx, &mut taken),
             Poll::Ready(Ok(()))
@@ -962,7 +940,7 @@ mod tests {
         assert_eq!(grants[0].length as usize, quarter + 10);
         conn.check_invariants();
         // Nothing left: the stream waits, and its FIN then reads as the end.
-        taken = Chunks::default();
+        taken.clear();
         assert!(conn.take(1, &mut cx, &mut taken).is_pending());
         feed(&mut conn, &frame(Kind::WindowUpdate, FIN, 1, &[], 0)).unwrap();
         assert!(matches!(

@@ -4,17 +4,14 @@
 //!
 //! - [`frame`]: the wire vocabulary (header, types, flags).
 //! - [`conn`]: the session's state without I/O: streams, windows, queued frames.
-//! - [`chunks`]: a stream's received bytes, a queue of buffers.
 //! - [`stream`]: one stream's handle ([`RawStream`]).
 //! - [`session`]: the handle ([`Session`]) and the one driver task per connection.
 
-mod chunks;
 mod conn;
 mod frame;
 mod session;
 mod stream;
 
-pub(crate) use chunks::Chunks;
 #[cfg(feature = "fuzzing")]
 pub(crate) use conn::Conn;
 pub(crate) use conn::Side;

@@ -19,7 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::BufMut;
 use futures::StreamExt;
 use futures::channel::mpsc;
 use futures::task::AtomicWaker;
@@ -48,9 +47,6 @@ const READ_CHUNK: usize = 64 * 1024;
 /// An idle session holds no read buffer: it waits on a stack buffer of this size, and a
 /// read that fits it (a heartbeat, a keystroke) frees the read buffer again once parsed.
 const READ_PROBE: usize = 2048;
-/// A data frame body at least this large is read into a buffer of its own, which then
-/// joins its stream whole (no copy from the read buffer to the stream).
-const DIRECT_BODY: usize = 8 * 1024;
 /// A write round that moved less than this frees the write buffer: a quiet session holds
 /// no buffer between rounds, which keeps idle devices cheap.
 const KEEP_WRITE_BUFFER_AFTER: usize = 16 * 1024;
@@ -202,9 +198,6 @@ impl Unstarted {
             read_at: 0,
             need: HEADER_LEN,
             idle: true,
-            direct: None,
-            header_next: false,
-            went_away: false,
             writing: Vec::new(),
             written: 0,
             round: 0,
@@ -370,13 +363,6 @@ struct Driver<T> {
     need: usize,
     /// No read buffer is held: the next read goes to a stack buffer first.
     idle: bool,
-    /// A large data frame whose body is being read into a buffer of its own.
-    direct: Option<Direct>,
-    /// The next read takes only a frame header, so that a large body after it is read
-    /// into its own buffer from its first byte.
-    header_next: bool,
-    /// The peer sent GoAway: the session ends once this input is handed out.
-    went_away: bool,
     /// Frames taken from the session for writing; `written` of them are on the socket.
     writing: Vec<u8>,
     written: usize,
@@ -477,11 +463,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// Reads what the socket has and feeds the complete frames to the session. `Ok(false)`
     /// at the end of the connection.
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Outcome>> {
-        if self.direct.is_some() {
-            return self.poll_direct(cx);
-        }
-        // A read of a lone header says nothing of whether the session is quiet.
-        let header_only = self.header_next;
         let n = match ready!(self.poll_read(cx)) {
             Ok(n) => n,
             Err(e) => {
@@ -492,99 +473,28 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         if n == 0 {
             return Poll::Ready(Ok(false));
         }
-        let parsed = self.feed(|conn, buf, accepted| conn.input(buf, accepted));
-        let parsed = match parsed {
-            Ok(parsed) => parsed,
-            Err(outcome) => return Poll::Ready(Err(outcome)),
-        };
-        self.read_at += parsed.consumed;
-        self.need = parsed.need;
-        let left = self.read.len() - self.read_at;
-        if self.need >= HEADER_LEN + DIRECT_BODY && left >= HEADER_LEN {
-            // A large data frame (its header valid: `input` checked it): the rest of its
-            // body goes straight into a buffer of its own.
-            let at = self.read_at;
-            let mut head = [0u8; HEADER_LEN];
-            head.copy_from_slice(&self.read[at..at + HEADER_LEN]);
-            let mut body = Vec::with_capacity(self.need - HEADER_LEN);
-            body.extend_from_slice(&self.read[at + HEADER_LEN..]);
-            self.direct = Some(Direct { head, body });
-            self.read_at = self.read.len();
-            self.need = HEADER_LEN;
-        }
-        if self.read_at == self.read.len() {
-            self.read.clear();
-            self.read_at = 0;
-            if n < READ_PROBE && !header_only && self.direct.is_none() {
-                self.read = Vec::new();
-                self.idle = true;
-            }
-        }
-        self.after_input()
-    }
-
-    /// Reads the rest of a large body into its own buffer; once whole, hands it to the
-    /// session.
-    fn poll_direct(&mut self, cx: &mut Context<'_>) -> Poll<Result<bool, Outcome>> {
-        let Some(direct) = &mut self.direct else {
-            return Poll::Ready(Ok(true));
-        };
-        let len = direct.len();
-        let want = len - direct.body.len();
-        let read = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            &mut (&mut direct.body).limit(want),
-        ));
-        let n = match read {
-            Ok(n) => n,
-            Err(e) => {
-                self.state.mark_dead();
-                return Poll::Ready(Err(Outcome::Failed(e)));
-            }
-        };
-        if n == 0 {
-            return Poll::Ready(Ok(false));
-        }
-        if direct.body.len() < len {
-            return Poll::Ready(Ok(true));
-        }
-        let Some(Direct { head, body }) = self.direct.take() else {
-            return Poll::Ready(Ok(true));
-        };
-        self.header_next = true;
-        let mut body = Some(body);
-        let fed = self.feed(|conn, _, accepted| {
-            conn.input_owned(&head, body.take().unwrap_or_default(), accepted)
-        });
-        if let Err(outcome) = fed {
-            return Poll::Ready(Err(outcome));
-        }
-        self.after_input()
-    }
-
-    /// Runs `input` on the session with the unparsed bytes, then wakes the tasks it woke.
-    fn feed<R>(
-        &mut self,
-        input: impl FnOnce(&mut Conn, &[u8], &mut Vec<u32>) -> Result<R, ProtocolError>,
-    ) -> Result<R, Outcome> {
-        let (result, went_away, backlog_moved) = {
+        let (parsed, went_away, backlog_moved) = {
             let mut conn = lock(&self.state.conn);
-            let result = input(&mut conn, &self.read[self.read_at..], &mut self.accepted);
+            let parsed = conn.input(&self.read[self.read_at..], &mut self.accepted);
             std::mem::swap(&mut conn.wake, &mut self.wake);
             let moved = std::mem::take(&mut conn.backlog_moved);
-            (result, conn.peer_went_away(), moved)
+            (parsed, conn.peer_went_away(), moved)
         };
         self.wake.drain(..).for_each(std::task::Waker::wake);
         if backlog_moved {
             self.state.acks.notify_waiters();
         }
-        self.went_away |= went_away;
-        result.map_err(Outcome::Protocol)
-    }
-
-    /// Hands out the streams the peer opened; ends the session if the peer went away.
-    fn after_input(&mut self) -> Poll<Result<bool, Outcome>> {
+        let parsed = parsed.map_err(Outcome::Protocol)?;
+        self.read_at += parsed.consumed;
+        if self.read_at == self.read.len() {
+            self.read.clear();
+            self.read_at = 0;
+            if n < READ_PROBE {
+                self.read = Vec::new();
+                self.idle = true;
+            }
+        }
+        self.need = parsed.need;
         for id in self.accepted.drain(..) {
             // Dropping a stream resets it: the peer learns at once.
             let raw = RawStream::new(id, self.state.clone());
@@ -597,7 +507,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
                 debug!("accept backlog full or closed; resetting inbound stream");
             }
         }
-        if self.went_away {
+        if went_away {
             return Poll::Ready(Err(Outcome::ClosedByPeer));
         }
         Poll::Ready(Ok(true))
@@ -615,22 +525,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             self.read.extend_from_slice(buf.filled());
             self.idle = false;
             return Poll::Ready(Ok(buf.filled().len()));
-        }
-        if self.header_next {
-            if self.read.capacity() < READ_CHUNK {
-                self.read.reserve(READ_CHUNK);
-            }
-            let want = self
-                .need
-                .saturating_sub(self.read.len() - self.read_at)
-                .max(1);
-            let read = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut (&mut self.read).limit(want),
-            ));
-            self.header_next = false;
-            return Poll::Ready(read);
         }
         // Compacts only when the room runs short: a partial frame is moved at most once
         // per chunk, not after every read.
@@ -693,20 +587,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             self.round = 0;
         }
         Poll::Ready(Ok(wrote))
-    }
-}
-
-/// A large data frame whose body the driver reads into a buffer of its own.
-struct Direct {
-    head: [u8; HEADER_LEN],
-    /// The body so far; its capacity is the whole body.
-    body: Vec<u8>,
-}
-
-impl Direct {
-    /// The body's length, from the header.
-    fn len(&self) -> usize {
-        u32::from_be_bytes([self.head[8], self.head[9], self.head[10], self.head[11]]) as usize
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`RawStream`]: the handle of one yamux stream, which reads and writes through the
 //! session's [`Conn`](super::conn::Conn) under its lock.
 
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +9,6 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::chunks::Chunks;
 use super::conn::Conn;
 use super::session::SessionState;
 use crate::util::lock;
@@ -39,7 +39,7 @@ impl RawStream {
     pub(crate) fn poll_take(
         &self,
         cx: &mut Context<'_>,
-        into: &mut Chunks,
+        into: &mut VecDeque<u8>,
     ) -> Poll<io::Result<()>> {
         self.with(|conn| conn.take(self.id, cx, into))
     }
