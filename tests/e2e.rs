@@ -304,3 +304,95 @@ async fn a_device_is_reachable_as_soon_as_it_reports_connected() {
         assert_eq!(back, id.as_bytes());
     }
 }
+
+/// How a connection to [`spawn_end_reporter`]'s service ended: the bytes it read, and the
+/// error if the connection failed rather than closed.
+type Ended = (Vec<u8>, Option<std::io::ErrorKind>);
+
+/// A local service that reads one connection: it says when `first` bytes arrived, then
+/// reads to the end and reports how the connection ended.
+async fn spawn_end_reporter(
+    first: usize,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Receiver<Ended>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = tokio::sync::oneshot::channel();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((mut tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let mut got = vec![0u8; first];
+        if let Err(e) = tcp.read_exact(&mut got).await {
+            let _ = ended_tx.send((Vec::new(), Some(e.kind())));
+            return;
+        }
+        let _ = arrived_tx.send(());
+        let end = tcp.read_to_end(&mut got).await.err().map(|e| e.kind());
+        let _ = ended_tx.send((got, end));
+    });
+    (addr, arrived, ended)
+}
+
+const PARTIAL: &[u8] = b"partial request";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_dropped_by_the_access_client_reaches_the_service_as_a_reset() {
+    let relay = relay_for("pi").await;
+    let (service, arrived, ended) = spawn_end_reporter(PARTIAL.len()).await;
+    let _device = relay.device(DEVICE, "pi", &[("sink", service)]).await;
+    let dialer = relay.dialer(USER).await;
+
+    let mut stream = dial(&dialer, "pi", "sink").await;
+    stream.write_all(PARTIAL).await.unwrap();
+    within("the service reads the first bytes", WAIT, arrived)
+        .await
+        .expect("the service reports");
+    drop(stream); // without shutdown: a reset
+
+    let (got, end) = within("the service sees its connection end", WAIT, ended)
+        .await
+        .expect("the service reports");
+    assert_eq!(got, PARTIAL);
+    assert_eq!(
+        end,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "an abandoned stream must not look like a completed request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_caller_that_resets_reaches_the_service_as_a_reset() {
+    let relay = spawn_relay_with(
+        &[("web-device", may_register("web-dev").public(true))],
+        allow_public_ports,
+    )
+    .await;
+    let (service, arrived, ended) = spawn_end_reporter(PARTIAL.len()).await;
+    let (_device, public) = start_public_device(&relay, "sink", service).await;
+    let port = public.first().expect("a public port").1;
+
+    let mut tcp = within(
+        "connect to the public port",
+        WAIT,
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .expect("public port accepts");
+    tcp.write_all(PARTIAL).await.unwrap();
+    within("the service reads the first bytes", WAIT, arrived)
+        .await
+        .expect("the service reports");
+    tcp.set_zero_linger().unwrap(); // close sends RST
+    drop(tcp);
+
+    let (got, end) = within("the service sees its connection end", WAIT, ended)
+        .await
+        .expect("the service reports");
+    assert_eq!(got, PARTIAL);
+    assert_eq!(end, Some(std::io::ErrorKind::ConnectionReset));
+}
