@@ -92,6 +92,7 @@ pub fn mux_frames(data: &[u8]) {
     };
     let mut conn = Conn::new(side, 0, 8);
     let mut held: HashMap<u32, VecDeque<u8>> = HashMap::new();
+    let mut reserved: HashMap<u32, usize> = HashMap::new();
     let (mut buf, mut accepted, mut open) = (Vec::new(), Vec::new(), Vec::new());
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
@@ -122,14 +123,23 @@ pub fn mux_frames(data: &[u8]) {
             }
             if op & 0x40 == 0 {
                 let _ = conn.write(id, &mut cx, piece);
-            } else if let Poll::Ready(Ok(n)) = conn.reserve(id, &mut cx, piece.len()) {
-                // The splice's write: a frame filled behind header room.
-                let mut frame = vec![0u8; HEADER_LEN];
-                frame.extend_from_slice(&piece[..n]);
-                if conn.submit(id, &mut cx, &mut frame, n).is_pending() {
-                    // Gives the reservation back, as a splice that ends does.
-                    frame.clear();
-                    let _ = conn.submit(id, &mut cx, &mut frame, n);
+            } else {
+                // The splice's write: reserve window, and (at the stream's next turn, with
+                // the peer's frames in between) queue a frame filled behind header room.
+                let reserved = reserved.entry(id).or_default();
+                if *reserved == 0 {
+                    if let Poll::Ready(Ok(n)) = conn.reserve(id, &mut cx, piece.len()) {
+                        *reserved = n;
+                    }
+                } else {
+                    let mut frame = vec![0u8; HEADER_LEN];
+                    frame.extend_from_slice(&piece[..piece.len().min(*reserved)]);
+                    if conn.submit(id, &mut cx, &mut frame, *reserved).is_pending() {
+                        // Gives the reservation back, as a splice that ends does.
+                        frame.clear();
+                        let _ = conn.submit(id, &mut cx, &mut frame, *reserved);
+                    }
+                    *reserved = 0;
                 }
             }
             if op & 0x10 != 0 {
@@ -140,6 +150,7 @@ pub fn mux_frames(data: &[u8]) {
             && let Some(id) = open.pop()
         {
             held.remove(&id);
+            reserved.remove(&id);
             conn.drop_stream(id);
         }
         if op % 7 == 0

@@ -129,7 +129,18 @@ impl IntoStream {
                 continue;
             }
             if self.reserved == 0 {
-                self.reserved = ready!(b.poll_reserve(cx, BUSY_FRAME)).map_err(on(Side::B))?;
+                // The reservation comes first, so while the window is spent this direction
+                // does not read `a` (its end of file or failure is seen once the peer grants
+                // more, which its reading of what we sent always does).
+                let Poll::Ready(reserved) = b.poll_reserve(cx, BUSY_FRAME) else {
+                    // Stalled by the peer: keep no large buffer meanwhile (a swap may have
+                    // handed us the session's write buffer).
+                    if self.frame.capacity() > HEADER_LEN + BUSY_FRAME {
+                        self.frame = Vec::new();
+                    }
+                    return Poll::Pending;
+                };
+                self.reserved = reserved.map_err(on(Side::B))?;
             }
             let room = self
                 .reserved
@@ -342,6 +353,12 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.side, Side::B);
         assert_eq!(err.source.kind(), io::ErrorKind::ConnectionReset);
+        // The stream's reset, not a lost session.
+        assert!(
+            err.source.to_string().contains("reset by the far end"),
+            "{}",
+            err.source
+        );
     }
 
     #[tokio::test]

@@ -451,8 +451,10 @@ impl Conn {
         };
         let body = body.min(reserved);
         frame.truncate(HEADER_LEN + body);
-        // Both are at most a u32 window.
-        slot.send_window += (reserved - body) as u32;
+        // Saturating, as window updates are: the peer may have granted up to u32::MAX
+        // while the reservation was out.
+        let unused = u32::try_from(reserved - body).unwrap_or(u32::MAX);
+        slot.send_window = slot.send_window.saturating_add(unused);
         if body > 0 {
             let flags = self.announce(id);
             let header = Header::new(Kind::Data, flags, id, body as u32);
@@ -980,6 +982,29 @@ mod tests {
             panic!("the window is open");
         };
         assert_eq!(rest, INITIAL_WINDOW as usize - 1000);
+    }
+
+    #[test]
+    fn a_reservation_given_back_after_the_largest_grant_saturates_the_window() {
+        let mut conn = Conn::new(Side::Client, INITIAL_WINDOW, 8);
+        let id = conn.open().unwrap();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(
+            conn.reserve(id, &mut cx, 1000),
+            Poll::Ready(Ok(1000))
+        ));
+        // The peer grants all it can while the reservation is out.
+        feed(&mut conn, &frame(Kind::WindowUpdate, 0, id, &[], u32::MAX)).unwrap();
+        let mut nothing = Vec::new();
+        assert!(matches!(
+            conn.submit(id, &mut cx, &mut nothing, 1000),
+            Poll::Ready(Ok(()))
+        ));
+        let Poll::Ready(Ok(window)) = conn.reserve(id, &mut cx, usize::MAX) else {
+            panic!("the window is open");
+        };
+        assert_eq!(window, u32::MAX as usize);
     }
 
     #[test]
