@@ -309,8 +309,8 @@ async fn a_device_is_reachable_as_soon_as_it_reports_connected() {
 /// error if the connection failed rather than closed.
 type Ended = (Vec<u8>, Option<std::io::ErrorKind>);
 
-/// A local service that reads one connection: it says when `first` bytes arrived, then
-/// reads to the end and reports how the connection ended.
+/// A local service that reads one connection: once `first` bytes arrived it says so and
+/// answers one byte, then reads to the end and reports how the connection ended.
 async fn spawn_end_reporter(
     first: usize,
 ) -> (
@@ -332,6 +332,7 @@ async fn spawn_end_reporter(
             return;
         }
         let _ = arrived_tx.send(());
+        let _ = tcp.write_all(b"!").await;
         let end = tcp.read_to_end(&mut got).await.err().map(|e| e.kind());
         let _ = ended_tx.send((got, end));
     });
@@ -352,6 +353,10 @@ async fn a_stream_dropped_by_the_access_client_reaches_the_service_as_a_reset() 
     within("the service reads the first bytes", WAIT, arrived)
         .await
         .expect("the service reports");
+    let mut answer = [0u8];
+    within("the service's answer", WAIT, stream.read_exact(&mut answer))
+        .await
+        .expect("an answer");
     drop(stream); // without shutdown: a reset
 
     let (got, end) = within("the service sees its connection end", WAIT, ended)
@@ -387,6 +392,12 @@ async fn a_public_caller_that_resets_reaches_the_service_as_a_reset() {
     within("the service reads the first bytes", WAIT, arrived)
         .await
         .expect("the service reports");
+    // The answer comes through the splice, so the relay has finished opening: a reset
+    // during the open is another case (still read as an end, see the issue notes).
+    let mut answer = [0u8];
+    within("the service's answer", WAIT, tcp.read_exact(&mut answer))
+        .await
+        .expect("an answer");
     tcp.set_zero_linger().unwrap(); // close sends RST
     drop(tcp);
 
