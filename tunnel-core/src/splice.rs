@@ -91,6 +91,30 @@ enum Phase {
     Done,
 }
 
+impl Phase {
+    /// Once the reader ended, half-closes the direction's writer `w` (on `side`); `None`
+    /// while the direction is still copying.
+    fn poll_end<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+        side: Side,
+    ) -> Option<Poll<Result<(), SpliceError>>>
+    where
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        match self {
+            Self::Copying => None,
+            Self::Done => Some(Poll::Ready(Ok(()))),
+            Self::ShuttingDown => Some(Pin::new(w).poll_shutdown(cx).map(|done| {
+                done.map_err(on(side))?;
+                *self = Self::Done;
+                Ok(())
+            })),
+        }
+    }
+}
+
 /// `a → b`: reads into frames and queues them on the stream.
 #[derive(Default)]
 struct IntoStream {
@@ -114,14 +138,9 @@ impl IntoStream {
         A: AsyncRead + Unpin + ?Sized,
     {
         for _ in 0..ROUNDS_PER_POLL {
-            match self.phase {
-                Phase::Done => return Poll::Ready(Ok(self.total)),
-                Phase::ShuttingDown => {
-                    ready!(Pin::new(&mut *b).poll_shutdown(cx)).map_err(on(Side::B))?;
-                    self.phase = Phase::Done;
-                    continue;
-                }
-                Phase::Copying => {}
+            if let Some(ended) = self.phase.poll_end(cx, &mut *b, Side::B) {
+                ready!(ended)?;
+                return Poll::Ready(Ok(self.total));
             }
             if self.frame.len() > HEADER_LEN {
                 ready!(b.poll_submit(cx, &mut self.frame, self.reserved)).map_err(on(Side::B))?;
@@ -205,14 +224,9 @@ impl OutOfStream {
         A: AsyncWrite + Unpin + ?Sized,
     {
         for _ in 0..ROUNDS_PER_POLL {
-            match self.phase {
-                Phase::Done => return Poll::Ready(Ok(self.total)),
-                Phase::ShuttingDown => {
-                    ready!(Pin::new(&mut *a).poll_shutdown(cx)).map_err(on(Side::A))?;
-                    self.phase = Phase::Done;
-                    continue;
-                }
-                Phase::Copying => {}
+            if let Some(ended) = self.phase.poll_end(cx, &mut *a, Side::A) {
+                ready!(ended)?;
+                return Poll::Ready(Ok(self.total));
             }
             if self.buf.is_empty() {
                 match b.poll_take(cx, &mut self.buf) {

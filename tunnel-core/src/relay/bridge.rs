@@ -281,6 +281,18 @@ struct Watched<T> {
     counters: Arc<Counters>,
 }
 
+impl<T> Watched<T> {
+    /// Notes a write to the caller (bytes going down from the device).
+    fn wrote(&self, res: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = res {
+            self.counters.down.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        if res.is_ready() {
+            self.activity.touch();
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -305,12 +317,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = &res {
-            self.activity.touch();
-            self.counters.down.fetch_add(*n as u64, Ordering::Relaxed);
-        } else if res.is_ready() {
-            self.activity.touch();
-        }
+        self.wrote(&res);
         res
     }
     fn poll_write_vectored(
@@ -319,12 +326,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
-        if let Poll::Ready(Ok(n)) = &res {
-            self.counters.down.fetch_add(*n as u64, Ordering::Relaxed);
-        }
-        if res.is_ready() {
-            self.activity.touch();
-        }
+        self.wrote(&res);
         res
     }
     fn is_write_vectored(&self) -> bool {
