@@ -393,7 +393,7 @@ async fn a_public_caller_that_resets_reaches_the_service_as_a_reset() {
         .await
         .expect("the service reports");
     // The answer comes through the splice, so the relay has finished opening: a reset
-    // during the open is another case (still read as an end, see the issue notes).
+    // during the open is another path, tested in early.rs.
     let mut answer = [0u8];
     within("the service's answer", WAIT, tcp.read_exact(&mut answer))
         .await

@@ -183,3 +183,83 @@ async fn a_public_client_that_speaks_first_gets_its_reply_through_the_early_path
         assert_eq!(back, msg.as_bytes(), "round {round}");
     }
 }
+
+/// What the device's stream shows when its caller reset while the relay waited for the
+/// device's answer: the answer fails, or the stream does, with a reset. A clean end here
+/// would make a half-sent request look complete to the device's service.
+async fn reset_seen_by_the_device(incoming: Incoming) -> io::Error {
+    // The relay reads the caller's reset before the answer arrives; answering first is
+    // another path (the splice meets the reset), which must end the same way.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    match within("the device answers", WAIT, incoming.accept()).await {
+        Err(e) => e,
+        Ok(mut stream) => expect_read_error(&mut stream, WAIT).await,
+    }
+}
+
+/// A device that answers only when the test says so: the caller's open stays pending.
+async fn holding_device(config: DeviceConfig) -> (Listener, Vec<(String, u16)>) {
+    let listener = within("Listener::bind", WAIT, Listener::bind(config))
+        .await
+        .expect("device binds");
+    let public = listener
+        .wait_connected(WAIT)
+        .await
+        .expect("device connects");
+    (listener, public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_public_caller_that_resets_before_the_device_answers_resets_the_device_stream() {
+    let relay = spawn_relay_with(
+        &[("web-device", may_register("web-dev").public(true))],
+        allow_public_ports,
+    )
+    .await;
+    let config = DeviceConfig::new(relay.client(0), "web-dev")
+        .service("web")
+        .public("web", 0);
+    let (listener, public) = holding_device(config).await;
+    relay.wait_online("web-dev").await;
+    let port = public.first().expect("a public port").1;
+
+    let mut tcp = within(
+        "connect to the public port",
+        WAIT,
+        TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .expect("public port accepts");
+    tcp.write_all(b"POST /half").await.unwrap();
+    let incoming = within("the device hears of the caller", WAIT, listener.accept())
+        .await
+        .expect("an incoming stream");
+    tcp.set_zero_linger().unwrap(); // close sends RST
+    drop(tcp);
+
+    let e = reset_seen_by_the_device(incoming).await;
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    listener.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_stream_dropped_before_the_device_answers_resets_the_device_stream() {
+    let relay = relay_for("pi").await;
+    let (listener, _) =
+        holding_device(DeviceConfig::new(relay.client(DEVICE), "pi").service("web")).await;
+    let dialer = relay.dialer(USER).await;
+
+    let mut stream = within("dial_early", WAIT, dialer.dial_early("pi", "web"))
+        .await
+        .expect("dial_early sends the open");
+    stream.write_all(b"POST /half").await.unwrap();
+    stream.flush().await.unwrap();
+    let incoming = within("the device hears of the caller", WAIT, listener.accept())
+        .await
+        .expect("an incoming stream");
+    drop(stream); // dropped without shutdown: a reset
+
+    let e = reset_seen_by_the_device(incoming).await;
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e}");
+    listener.close();
+}

@@ -20,8 +20,11 @@ const HANDSHAKE_FAILURES: &str = "tunnel_handshake_failures_total";
 const HANDSHAKE_SECONDS: &str = "tunnel_handshake_seconds";
 /// Connections closed before TLS by a pre-auth cap or the login throttle, by cap.
 const THROTTLED: &str = "tunnel_throttled_connections_total";
-/// Streams asked for, by result (`ok` or the status table's kind).
+/// Streams asked for, by result (`ok`, the status table's kind, or [`CALLER_GONE`]).
 const STREAMS: &str = "tunnel_streams_total";
+/// The result of a stream whose caller failed (a reset) before the device answered: not
+/// the device's refusal, and nobody left to tell.
+pub(crate) const CALLER_GONE: &str = "caller_gone";
 /// Joined streams open now, by kind (`private`, `public`).
 const STREAMS_ACTIVE: &str = "tunnel_streams_active";
 /// Seconds from a stream's open to the device's answer.

@@ -8,7 +8,7 @@ use tracing::{Instrument, info, info_span};
 
 use tokio::time::Instant;
 
-use super::bridge::Joined;
+use super::bridge::{Joined, NotJoined};
 use super::events::{Event, SessionRole};
 use super::handshake::Accepted;
 use super::limit::Slot;
@@ -109,7 +109,7 @@ pub(super) async fn forwarded(relay: &Arc<Inner>, mut stream: Stream, header: Fo
             Some(identity) => reach(relay, &mut stream, &identity, &device, &service, false)
                 .await
                 .map(|(s, _)| (s, Some(origin.clone()))),
-            None => Err((
+            None => Err(NotJoined::refused(
                 StatusCode::Denied,
                 format!("{caller} may not open {device}/{service}: unknown or revoked credential"),
             )),
@@ -120,8 +120,8 @@ pub(super) async fn forwarded(relay: &Arc<Inner>, mut stream: Stream, header: Fo
     .await;
 }
 
-/// A device stream (and the other relay of a cross-relay stream), or the refusal.
-type Reached = Result<(Stream, Option<String>), (StatusCode, String)>;
+/// A device stream (and the other relay of a cross-relay stream), or why not.
+type Reached = Result<(Stream, Option<String>), NotJoined>;
 
 /// Answers the opener and joins the streams, or reports the refusal.
 async fn answer(
@@ -146,7 +146,11 @@ async fn answer(
             };
             bridge::spawn_join(relay, stream, device_stream, who, None, ());
         }
-        Err((code, message)) => {
+        Err(NotJoined::CallerGone(e)) => {
+            info!(error = %e, "caller gone before the device answered");
+            crate::metrics::stream_result(crate::metrics::CALLER_GONE, None);
+        }
+        Err(NotJoined::Refused(code, message)) => {
             info!(?code, reason = ?message, "stream refused");
             reply(&mut stream, code, &message).await;
             let kind = code.kind().unwrap_or(ErrorKind::Protocol);
@@ -176,28 +180,32 @@ async fn reach(
 ) -> Reached {
     if !protocol::is_valid_name(device) || !protocol::is_valid_name(service) {
         let why = "invalid device or service name";
-        return Err((StatusCode::BadRequest, why.into()));
+        return Err(NotJoined::refused(StatusCode::BadRequest, why));
     }
     if !identity.grants().may_access(device, service) {
         let why = format!("{} may not open {device}/{service}", identity.name());
-        return Err((StatusCode::Denied, why));
+        return Err(NotJoined::refused(StatusCode::Denied, why));
     }
     if relay.draining.is_cancelled() {
-        return Err((StatusCode::Unavailable, "relay is shutting down".into()));
+        let why = "relay is shutting down";
+        return Err(NotJoined::refused(StatusCode::Unavailable, why));
     }
     let Some(online) = relay.registry.lookup(device) else {
         if let (Some(cluster), true) = (relay.cluster.as_ref(), may_forward) {
             return match cluster.open(device, service, identity).await {
                 Ok((stream, other)) => Ok((stream, Some(other))),
-                Err(e) => Err(e.to_status()),
+                Err(e) => {
+                    let (code, why) = e.to_status();
+                    Err(NotJoined::Refused(code, why))
+                }
             };
         }
         let why = format!("device {device} is not connected");
-        return Err((StatusCode::DeviceOffline, why));
+        return Err(NotJoined::refused(StatusCode::DeviceOffline, why));
     };
     if !online.services.iter().any(|s| s == service) {
         let why = format!("device {device} offers no service {service}");
-        return Err((StatusCode::UnknownService, why));
+        return Err(NotJoined::refused(StatusCode::UnknownService, why));
     }
     let incoming = Message::Incoming {
         service: service.to_owned(),

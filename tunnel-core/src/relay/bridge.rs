@@ -33,39 +33,75 @@ const EARLY_DATA_MAX: usize = 64 * 1024;
 /// Size of one read of early data.
 const EARLY_CHUNK: usize = 16 * 1024;
 
+/// Why a caller's stream was not joined to the device's.
+#[derive(Debug)]
+pub(super) enum NotJoined {
+    /// Refused (by the device, or by the relay's checks), or the device could not be
+    /// reached: the caller is told, with this status and message.
+    Refused(StatusCode, String),
+    /// The caller failed (a reset) while the relay waited for the device's answer. Nobody
+    /// is left to tell, and the device did not refuse: the device's stream is reset, so its
+    /// service sees a failure, not a completed request.
+    CallerGone(io::Error),
+}
+
+impl NotJoined {
+    /// A refusal with `code` and `message`.
+    pub(super) fn refused(code: StatusCode, message: impl Into<String>) -> Self {
+        Self::Refused(code, message.into())
+    }
+}
+
 /// Opens a stream to the device, sends the `Incoming` header and waits for its answer,
 /// passing on meanwhile what the caller has already sent (early data, up to
 /// [`EARLY_DATA_MAX`]), so a first request rides with the open. Opening and answering
 /// share one [`STREAM_OPEN_TIMEOUT`], the caller's own deadline. On a refusal the device
-/// has read none of the early data, and the caller is told it was not delivered.
+/// has read none of the early data, and the caller is told it was not delivered. A caller
+/// that fails meanwhile ends the open: the device's stream is dropped unanswered, which
+/// resets it.
 pub(super) async fn ask_device<C: AsyncRead + Unpin>(
     session: &Session,
     incoming: &Message,
     caller: &mut C,
-) -> Result<Stream, (StatusCode, String)> {
-    let unavailable = |m: String| (StatusCode::Unavailable, m);
+) -> Result<Stream, NotJoined> {
+    let unavailable = |m: String| NotJoined::Refused(StatusCode::Unavailable, m);
     let answer = async {
         let mut stream = session.open().await.map_err(|e| Err(e.to_string()))?;
         protocol::write_frame(&mut stream, incoming)
             .await
             .map_err(Ok)?;
-        let reply = read_answer(&mut stream, caller).await.map_err(Ok)?;
-        Ok::<_, Result<protocol::FrameError, String>>((stream, reply))
+        let heard = read_answer(&mut stream, caller).await.map_err(Ok)?;
+        Ok::<_, Result<protocol::FrameError, String>>((stream, heard))
     };
     match tokio::time::timeout(STREAM_OPEN_TIMEOUT, answer).await {
         Ok(Err(Err(open))) => Err(unavailable(format!("cannot reach the device: {open}"))),
         Ok(Ok((
             stream,
-            Message::Status {
+            Heard::Answer(Message::Status {
                 code: StatusCode::Ok,
                 ..
-            },
+            }),
         ))) => Ok(stream),
-        Ok(Ok((_, Message::Status { code, message }))) => Err((code, message)),
-        Ok(Ok((_, other))) => Err(unavailable(format!("device answered {}", other.name()))),
+        Ok(Ok((_, Heard::Answer(Message::Status { code, message })))) => {
+            Err(NotJoined::Refused(code, message))
+        }
+        Ok(Ok((_, Heard::Answer(other)))) => {
+            Err(unavailable(format!("device answered {}", other.name())))
+        }
+        Ok(Ok((_, Heard::CallerFailed(e)))) => Err(NotJoined::CallerGone(e)),
         Ok(Err(Ok(e))) => Err(unavailable(format!("device stream failed: {e}"))),
         Err(_) => Err(unavailable("the device did not answer in time".into())),
     }
+}
+
+/// What the relay heard first while it waited for the device's answer.
+enum Heard {
+    /// The device's answer.
+    Answer(Message),
+    /// A failed read of the caller. Reported here, not left for the splice: a reset
+    /// socket fails one read only (Linux), so the splice's next read would see a clean
+    /// end, and the device a completed request.
+    CallerFailed(io::Error),
 }
 
 /// Reads the device's answer; until it comes, copies what the caller sends to the device
@@ -73,7 +109,7 @@ pub(super) async fn ask_device<C: AsyncRead + Unpin>(
 async fn read_answer<C: AsyncRead + Unpin>(
     device: &mut Stream,
     caller: &mut C,
-) -> Result<Message, protocol::FrameError> {
+) -> Result<Heard, protocol::FrameError> {
     enum Step {
         Answer(Result<Message, protocol::FrameError>),
         Early(io::Result<usize>),
@@ -100,9 +136,10 @@ async fn read_answer<C: AsyncRead + Unpin>(
         })
         .await;
         match step {
-            Step::Answer(answer) => return answer,
-            // The caller is done sending (or failed): the splice sees it again.
-            Step::Early(Ok(0) | Err(_)) => passed = EARLY_DATA_MAX,
+            Step::Answer(answer) => return answer.map(Heard::Answer),
+            Step::Early(Err(e)) => return Ok(Heard::CallerFailed(e)),
+            // The caller is done sending: the splice sees the end again.
+            Step::Early(Ok(0)) => passed = EARLY_DATA_MAX,
             Step::Early(Ok(n)) => {
                 tokio::io::AsyncWriteExt::write_all(device, &chunk[..n]).await?;
                 passed += n;

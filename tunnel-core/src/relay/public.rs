@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::bridge::Joined;
+use super::bridge::{Joined, NotJoined};
 use super::events::Event;
 use super::limit::KeyedLimit;
 use super::owners::PortOwner;
@@ -236,7 +236,11 @@ pub(super) async fn public_accept(
                         let (idle, hold) = (Some(relay.public_idle), (source_slot, slot));
                         bridge::spawn_join(&relay, tcp, device_stream, who, idle, hold);
                     }
-                    Err((code, message)) => {
+                    Err(NotJoined::CallerGone(e)) => {
+                        info!(error = %e, "public caller gone before the device answered");
+                        crate::metrics::stream_result(crate::metrics::CALLER_GONE, None);
+                    }
+                    Err(NotJoined::Refused(code, message)) => {
                         info!(?code, reason = ?message, "device refused public connection");
                         reset(tcp);
                         let kind = code.kind().unwrap_or(crate::ErrorKind::Protocol);
