@@ -52,6 +52,7 @@ done
 
 if [ -z "${BIN:-}" ]; then
   echo "building release binaries" >&2
+  "$ROOT"/scripts/ensure-protoc.sh # the relay's etcd client compiles its protocol files
   cargo build --release --quiet -p tunnel-examples --bins -p tunnel-benches --bin tunnel-loadgen
   BIN=$ROOT/target/release
 fi

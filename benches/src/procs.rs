@@ -24,6 +24,12 @@ pub fn release_bins() -> Bins {
 /// Builds the release example binaries (relay, agent, access); call once before
 /// [`release_bins`] or [`Tunnel::start`].
 pub fn build_release_binaries() {
+    // The relay's etcd client compiles its protocol files with protoc.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let protoc = Command::new(root.join("scripts/ensure-protoc.sh"))
+        .status()
+        .expect("run scripts/ensure-protoc.sh");
+    assert!(protoc.success(), "protoc is missing (see above)");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args([
