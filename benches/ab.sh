@@ -14,10 +14,11 @@
 # processes, e.g. B_ENV=TOKIO_WORKER_THREADS=1 to A/B a setting with A_BIN = B_BIN).
 # Columns: MB/s of one stream; rtt p50 and p99 (µs); new connection to first byte (µs);
 # MB/s over 100 and over 1000 connections; KiB of server RSS per idle connection; CPU
-# seconds of the server process (the relay) per GiB of the single-stream transfers.
+# seconds of the server process (the relay) per GiB of the single-stream transfers; its RSS
+# (MiB) 12 s after the load ended, every connection closed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -eq 2 ] || { sed -n 2,16p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
 A_BIN=$(cd "$1" && pwd); B_BIN=$(cd "$2" && pwd)
 PAIRS=${PAIRS:-5}
 ONLY=${ONLY:-"tunnel-public tunnel-private"}
@@ -35,8 +36,8 @@ python3 - "$OUT" "$PAIRS" <<'PY'
 import glob, math, statistics, sys
 out, pairs = sys.argv[1], int(sys.argv[2])
 cols = ["1 stream MB/s", "rtt p50 µs", "rtt p99 µs", "new conn µs", "100 conns MB/s",
-        "1000 conns MB/s", "KiB/idle conn", "server CPU s/GiB"]
-idx = [1, 2, 3, 4, 5, 7, 9, 10]
+        "1000 conns MB/s", "KiB/idle conn", "server CPU s/GiB", "server RSS after load MiB"]
+idx = [1, 2, 3, 4, 5, 7, 9, 10, 11]
 def rows(side, i):
     try:
         return {l.split("\t")[0]: l.rstrip("\n").split("\t") for l in open(f"{out}/{side}.{i}.tsv") if l.strip()}

@@ -229,16 +229,17 @@ rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 base = next((r for r in rows if r[0] == "tcp"), None)
 def f(x): return float(x)
 hdr = ["forwarder", "1 stream MB/s", "x TCP", "rtt p50 µs", "+µs vs TCP", "rtt p99 µs",
-       "new conn µs", "100 conns MB/s", "slowest/median", "1000 conns MB/s", "slowest/median", "KiB/idle conn", "server CPU s/GiB"]
+       "new conn µs", "100 conns MB/s", "slowest/median", "1000 conns MB/s", "slowest/median", "KiB/idle conn", "server CPU s/GiB",
+       "server RSS after load MiB"]
 print("| " + " | ".join(hdr) + " |")
 print("|" + "---|" * len(hdr))
 for r in rows:
-    name, tp, p50, p99, fb, a100, s100, a1000, s1000, idle, cpu = r[0], *map(f, r[1:])
+    name, tp, p50, p99, fb, a100, s100, a1000, s1000, idle, cpu, kept = r[0], *map(f, r[1:])
     ratio = f"{tp / f(base[1]):.2f}" if base else "-"
     added = f"{p50 - f(base[2]):+.0f}" if base else "-"
     cells = [name, f"{tp:.0f}", ratio, f"{p50:.0f}", added, f"{p99:.0f}", f"{fb:.0f}",
              f"{a100:.0f}", f"{s100:.2f}", "-" if math.isnan(a1000) else f"{a1000:.0f}",
              "-" if math.isnan(s1000) else f"{s1000:.2f}", "-" if math.isnan(idle) else f"{idle:.1f}",
-             "-" if math.isnan(cpu) else f"{cpu:.2f}"]
+             "-" if math.isnan(cpu) else f"{cpu:.2f}", "-" if math.isnan(kept) else f"{kept:.1f}"]
     print("| " + " | ".join(cells) + " |")
 EOF

@@ -8,8 +8,9 @@
 //! ```
 //! `run` prints one tab-separated line: name, single-stream MB/s, rtt p50 and p99 (µs),
 //! first-byte p50 (µs), aggregate echo MB/s over 100 and over 1000 connections with the
-//! slowest/median stream time ratio of each, RSS KiB per idle connection of process `P`, and
-//! the CPU seconds `P` spent per GiB of the single-stream transfers.
+//! slowest/median stream time ratio of each, RSS KiB per idle connection of process `P`, the
+//! CPU seconds `P` spent per GiB of the single-stream transfers, and `P`'s RSS (MiB) once
+//! the load has passed: every connection closed, `--settle` seconds later.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -66,6 +67,10 @@ struct RunArgs {
     /// Skip the 1000-connection aggregate (for forwarders that cannot take it).
     #[arg(long)]
     no_1000: bool,
+    /// Seconds between the end of the load and the reading of `--pid`'s RSS: what a
+    /// forwarder keeps after a load, not what it is still freeing.
+    #[arg(long, default_value_t = 12)]
+    settle: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -152,8 +157,16 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         agg(1000, 512 << 10).await?
     };
 
+    let after_load = match a.pid {
+        Some(pid) => {
+            tokio::time::sleep(Duration::from_secs(a.settle)).await;
+            rss_kib(pid) as f64 / 1024.0
+        }
+        None => f64::NAN,
+    };
+
     println!(
-        "{}\t{throughput:.0}\t{:.0}\t{:.0}\t{:.0}\t{agg100:.0}\t{spread100:.2}\t{agg1000:.0}\t{spread1000:.2}\t{idle:.1}\t{cpu_per_gib:.2}",
+        "{}\t{throughput:.0}\t{:.0}\t{:.0}\t{:.0}\t{agg100:.0}\t{spread100:.2}\t{agg1000:.0}\t{spread1000:.2}\t{idle:.1}\t{cpu_per_gib:.2}\t{after_load:.1}",
         a.name,
         us(percentile(&mut rtt, 50.0)),
         us(percentile(&mut rtt, 99.0)),
