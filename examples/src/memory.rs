@@ -8,10 +8,10 @@
 //! stream open; `malloc_trim` brought them to 17 and 8 MiB (benches/RESULTS.md, 5.15).
 //!
 //! [`give_back_memory`] starts a thread that looks every [`CHECK_EVERY`] at how much freed
-//! memory the allocator holds and how much the process has resident, and trims when both
-//! say a load has passed: over [`TRIM_AT`] of free memory, and the resident size up by as
-//! much since the last trim. A trim releases pages, not chunks (the allocator still counts
-//! them free), hence the resident size: an idle process is trimmed once, not every time.
+//! memory the allocator holds and how much the process has resident, and trims when over
+//! [`TRIM_AT`] is free and memory moved since the last look (a load ran, or ended). A trim
+//! releases pages, not chunks (the allocator still counts them free), so an idle process
+//! is trimmed once, not at every look.
 //! Under a steady load a trim hands back pages that are faulted in again soon: at most one
 //! trim per check, which costs little next to the memory a device or relay keeps otherwise.
 //!
@@ -32,24 +32,33 @@ pub const TRIM_AT: usize = 4 * 1024 * 1024;
 /// Stack of the trimming thread: it calls two libc functions and reads one file.
 const STACK: usize = 64 * 1024;
 
+/// A change of the allocator's free memory, or a growth of the process, that tells memory
+/// moved since the last look: below it, the process is idle (heartbeats, a keystroke).
+const MOVED: usize = 1024 * 1024;
+
 /// When to trim, from what the allocator holds free and what the process has resident.
 #[derive(Debug, Default)]
 struct Policy {
-    /// Resident bytes right after the last trim (0 before the first).
-    resident_after_trim: usize,
+    /// Free and resident bytes at the last look (after its trim, if it trimmed).
+    last: Option<(usize, usize)>,
 }
 
 impl Policy {
-    /// Whether to trim now.
+    /// Whether to trim now: enough memory is free, and memory moved since the last look
+    /// (a load ran or ended). A trim does not change what the allocator counts free, so an
+    /// idle process is trimmed once, not at every look.
     fn should_trim(&mut self, free_held: usize, resident: usize) -> bool {
-        // Memory given back some other way lowers the mark, so growth is counted from it.
-        self.resident_after_trim = self.resident_after_trim.min(resident);
-        free_held >= TRIM_AT && resident >= self.resident_after_trim + TRIM_AT
+        let moved = match self.last {
+            None => true,
+            Some((free, res)) => free_held.abs_diff(free) >= MOVED || resident >= res + MOVED,
+        };
+        self.last = Some((free_held, resident));
+        free_held >= TRIM_AT && moved
     }
 
-    /// A trim left `resident` bytes resident.
-    fn trimmed(&mut self, resident: usize) {
-        self.resident_after_trim = resident;
+    /// A trim left `resident` bytes resident and `free_held` free in the allocator.
+    fn trimmed(&mut self, free_held: usize, resident: usize) {
+        self.last = Some((free_held, resident));
     }
 }
 
@@ -70,7 +79,7 @@ pub fn give_back_memory() -> bool {
                 if policy.should_trim(free, before) {
                     glibc::trim();
                     let after = resident_bytes();
-                    policy.trimmed(after);
+                    policy.trimmed(glibc::free_held(), after);
                     tracing::debug!(free, before, after, "gave freed memory back");
                 }
             }
@@ -132,24 +141,38 @@ mod tests {
     const MIB: usize = 1024 * 1024;
 
     #[test]
-    fn a_load_that_left_freed_memory_and_grew_the_process_is_trimmed_once() {
+    fn an_idle_process_is_trimmed_once_after_a_load() {
         let mut policy = Policy::default();
         assert!(!policy.should_trim(MIB, 10 * MIB), "little free memory");
         assert!(policy.should_trim(30 * MIB, 45 * MIB), "after a load");
-        policy.trimmed(17 * MIB);
+        policy.trimmed(30 * MIB, 17 * MIB);
         // The allocator still counts the trimmed chunks free: no trim again while idle.
         assert!(!policy.should_trim(30 * MIB, 17 * MIB));
-        assert!(!policy.should_trim(30 * MIB, 17 * MIB + TRIM_AT - 1));
-        // The next load faults pages in again.
-        assert!(policy.should_trim(30 * MIB, 40 * MIB));
+        assert!(!policy.should_trim(30 * MIB + MOVED - 1, 17 * MIB + MOVED - 1));
     }
 
     #[test]
-    fn memory_given_back_otherwise_lowers_the_mark() {
+    fn a_trim_during_a_load_is_followed_by_one_when_the_load_ends() {
         let mut policy = Policy::default();
-        policy.trimmed(20 * MIB);
-        assert!(!policy.should_trim(8 * MIB, 12 * MIB));
-        assert!(policy.should_trim(8 * MIB, 12 * MIB + TRIM_AT));
+        assert!(policy.should_trim(25 * MIB, 40 * MIB));
+        policy.trimmed(25 * MIB, 38 * MIB); // most of it still in use
+        // The load ends: its buffers are freed, resident does not move.
+        assert!(policy.should_trim(30 * MIB, 38 * MIB));
+        policy.trimmed(30 * MIB, 17 * MIB);
+        assert!(!policy.should_trim(30 * MIB, 17 * MIB));
+    }
+
+    #[test]
+    fn a_new_load_is_trimmed_after_it() {
+        let mut policy = Policy::default();
+        policy.trimmed(30 * MIB, 17 * MIB);
+        // The next load takes freed chunks back (faulting their pages in) …
+        assert!(
+            !policy.should_trim(2 * MIB, 45 * MIB),
+            "too little free to trim"
+        );
+        // … and frees them when it ends.
+        assert!(policy.should_trim(30 * MIB, 45 * MIB));
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
