@@ -15,7 +15,7 @@
 # Columns: MB/s of one stream; rtt p50 and p99 (µs); new connection to first byte (µs);
 # MB/s over 100 and over 1000 connections; KiB of server RSS per idle connection; CPU
 # seconds of the server process (the relay) per GiB of the single-stream transfers; its RSS
-# (MiB) 12 s after the load ended, every connection closed.
+# (MiB) 15 s after the load ended, every connection closed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -eq 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
