@@ -86,7 +86,10 @@ run() { # NAME SINK ECHO [PID] [extra loadgen args]
   echo "== $name" >&2
   "$BIN/tunnel-loadgen" run --name "$name" --sink "$sink" --echo "$echo" --bytes "$BYTES" \
     --runs "$RUNS" --idle "$IDLE" ${pid:+--pid "$pid"} "$@" | tee -a "$ROWS" >&2 \
-    || { echo "$name failed; logs:" >&2; grep -h -v -e "stream closed" -e "stream reset" "$WORK"/*.log | tail -n 15 >&2; }
+    || { local kept; kept=$ROOT/target/compare-failures/$name-$(date -u +%Y%m%dT%H%M%S)
+         mkdir -p "$kept" && cp "$WORK"/*.log "$kept"/
+         echo "$name failed; every log kept in $kept; the last lines:" >&2
+         grep -h -v -e "stream closed" "$WORK"/*.log | tail -n 15 >&2; }
 }
 stop_all_but_servers() {
   for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
