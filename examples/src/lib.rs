@@ -1,8 +1,5 @@
 //! Shared plumbing of the example binaries: logging, signals, and the client flags that
-//! `tunnel-agent` and `tunnel-access` have in common, and giving memory back after a load
-//! ([`memory`]). Built on the public API only.
-
-pub mod memory;
+//! `tunnel-agent` and `tunnel-access` have in common. Built on the public API only.
 
 use std::path::PathBuf;
 

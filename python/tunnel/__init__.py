@@ -27,7 +27,8 @@ Every entry point takes the same connection keywords, :class:`ClientOptions`: ``
 ``pin`` or ``ca_file``, ``token`` (default ``$TUNNEL_TOKEN``), ``server_name``,
 ``cert_file`` and ``key_file``. Stream limits are announced by the relay, not set here.
 
-Both: :class:`Relay` (in-process relay), :class:`Credential`, :func:`generate_token`.
+Both: :class:`Relay` (in-process relay), :class:`Credential`, :func:`generate_token`,
+:func:`give_back_memory` (memory freed by a load goes back to the system).
 
 Errors derive from :class:`TunnelError`; which one a failure raises comes from the status
 table of ``tunnel-core`` (``ErrorKind``). Errors of an open stream are the builtin
@@ -87,6 +88,7 @@ from ._native import (
     UnknownServiceError,
     WriteBufferFullError,
 )
+from ._memory import give_back_memory
 from ._relay import Credential, Relay, generate_token
 from ._streams import TunnelReader, TunnelWriter
 
@@ -143,6 +145,7 @@ __all__ = [
     "Relay",
     "Credential",
     "generate_token",
+    "give_back_memory",
     "DeviceInfo",
     "State",
     # errors

@@ -59,6 +59,9 @@ class WriteBufferFullError(TunnelError):
 def generate_token() -> str:
     """A fresh random token (``tun_`` and 256 bits as hex)."""
 
+def give_back_memory() -> bool:
+    """Starts the thread that gives memory freed by a load back to the system, once."""
+
 def error_table() -> list[tuple[str, str, type[BaseException]]]:
     """``(kind, exception name, class raised)`` for every row of tunnel-core's status table
     (``ErrorKind``): the name the core gives and the class this module raises for it

@@ -88,6 +88,13 @@ fn generate_token() -> PyResult<String> {
         .map_err(errors::config)
 }
 
+/// Starts, once per process, the thread that gives memory freed by a load back to the
+/// system (`tunnel_memory`); whether it runs.
+#[pyfunction]
+fn give_back_memory() -> bool {
+    tunnel_memory::give_back_memory()
+}
+
 /// Test hook: panics inside a blocking call or an awaitable, which must surface as
 /// `tunnel.InternalError` instead of aborting the interpreter.
 #[pyfunction]
@@ -111,6 +118,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .thread_keep_alive(Duration::from_secs(2));
     pyo3_async_runtimes::tokio::init(builder);
     m.add_function(wrap_pyfunction!(generate_token, m)?)?;
+    m.add_function(wrap_pyfunction!(give_back_memory, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::at_exit, m)?)?;
     config::register(m)?;

@@ -178,7 +178,7 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 /// RSS growth of `pid` per idle connection (each proven open by one echoed byte).
 async fn idle_rss(echo: &Target, pid: u32, n: usize) -> anyhow::Result<f64> {
     // The tunnel binaries give freed memory back only at a quiet look after one that saw
-    // memory move (examples/src/memory.rs), so never within this count's few seconds.
+    // memory move (memory/src/lib.rs), so never within this count's few seconds.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = rss_kib(pid);
     let mut open: Vec<Box<dyn Duplex>> = Vec::with_capacity(n);

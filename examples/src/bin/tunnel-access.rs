@@ -74,7 +74,7 @@ async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     // Machine-readable on stdout (tests bind port 0); logs go to stderr.
     println!("listening {}", listener.local_addr()?);
-    tunnel_examples::memory::give_back_memory();
+    tunnel_memory::give_back_memory();
     serve_local(dialer, listener, device, service, shutdown_signal()).await?;
     Ok(())
 }

@@ -53,7 +53,7 @@ async fn run() -> anyhow::Result<()> {
         config = config.public(name.clone(), port);
     }
     let listener = Listener::bind(config).await?;
-    tunnel_examples::memory::give_back_memory();
+    tunnel_memory::give_back_memory();
     let targets: HashMap<String, String> = cli.expose.into_iter().collect();
     tokio::select! {
         () = forward(&listener, targets) => {}

@@ -342,7 +342,7 @@ async fn run() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    tunnel_examples::memory::give_back_memory();
+    tunnel_memory::give_back_memory();
     let identity = load_identity(&args.cert)?;
     let identity_for_api = identity.clone();
     let listener = tokio::net::TcpListener::bind(&args.listen)

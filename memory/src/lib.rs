@@ -4,8 +4,9 @@
 //! its own arena, and an arena returns memory to the system only from the top of its heap,
 //! so the holes a burst leaves stay in the process for good. After `benches/compare.sh`'s
 //! load (one 256 MiB stream, 100 then 1000 full-duplex connections, 1000 idle ones), the
-//! relay held 45 MiB against 12 MiB before it, and the agent 24 MiB against 6 MiB, with no
-//! stream open; `malloc_trim` brought them to 17 and 8 MiB (benches/RESULTS.md, 5.15).
+//! relay held 35 to 356 MiB against 12 MiB before it, and the agent 24 MiB against 6 MiB,
+//! with no stream open; `malloc_trim` brought them to about 16 and 8 MiB
+//! (benches/RESULTS.md, 5.15).
 //!
 //! [`give_back_memory`] starts a thread that looks every [`CHECK_EVERY`] at how much freed
 //! memory the allocator holds and how much the process has resident, and trims once a load
@@ -14,21 +15,25 @@
 //! every arena's lock in turn) nor hands back pages about to be faulted in again, and an
 //! idle process is trimmed once, not at every look (a trim releases pages, not chunks: the
 //! allocator still counts them free). Memory comes back 5 to 10 s after a load ends.
-//! Under a steady load a trim hands back pages that are faulted in again soon: at most one
-//! trim per check, which costs little next to the memory a device or relay keeps otherwise.
 //!
-//! Only where the allocator is glibc's (Linux, `target_env = "gnu"`); elsewhere nothing
-//! is started. A library user can call `malloc_trim` the same way: `tunnel-core` itself
-//! leaves the process's allocator alone.
+//! Used by the `tunnel-relay`, `tunnel-agent` and `tunnel-access` binaries and offered to
+//! Python as `tunnel.give_back_memory()`. `tunnel-core` itself leaves the process's
+//! allocator alone: an application that embeds it calls [`give_back_memory`] if it wants
+//! the same. Only where the allocator is glibc's (Linux, `target_env = "gnu"`); elsewhere
+//! nothing is started.
 
+use std::sync::OnceLock;
 use std::time::Duration;
+
+/// The name of the thread, as `ps -T` and `/proc/PID/task/*/comm` show it (15 bytes).
+pub const THREAD_NAME: &str = "give-back-mem";
 
 /// How often the allocator is looked at: often enough that memory comes back seconds after
 /// a load; each look walks the free lists of every arena, a fraction of a millisecond.
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Freed memory (and resident growth since the last trim) worth a trim: below a few MiB a
-/// trim is not worth the arena locks it takes (a device's whole footprint is about 6 MiB).
+/// Freed memory worth a trim: below a few MiB a trim is not worth the arena locks it takes
+/// (a device's whole footprint is about 6 MiB).
 pub const TRIM_AT: usize = 4 * 1024 * 1024;
 
 /// Stack of the trimming thread: it calls two libc functions and reads one file.
@@ -72,14 +77,19 @@ impl Policy {
     }
 }
 
-/// Starts the thread that gives freed memory back (see the module doc). Returns whether
-/// it runs: not where the allocator is not glibc's, nor when the thread cannot start.
+/// Whether the thread runs (one per process, however many times it is asked for).
+static STARTED: OnceLock<bool> = OnceLock::new();
+
+/// Starts the thread that gives freed memory back (see the crate doc), once per process:
+/// later calls return the first one's answer. Returns whether it runs: not where the
+/// allocator is not glibc's, nor if the thread could not start.
 pub fn give_back_memory() -> bool {
-    if !glibc::AVAILABLE {
-        return false;
-    }
+    *STARTED.get_or_init(|| glibc::AVAILABLE && start())
+}
+
+fn start() -> bool {
     std::thread::Builder::new()
-        .name("give-back-memory".into())
+        .name(THREAD_NAME.into())
         .stack_size(STACK)
         .spawn(|| {
             let mut policy = Policy::default();
@@ -195,6 +205,28 @@ mod tests {
         // … and frees them when it ends.
         assert!(!policy.should_trim(30 * MIB, 45 * MIB));
         assert!(policy.should_trim(30 * MIB, 45 * MIB));
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn the_thread_starts_once_however_often_it_is_asked_for() {
+        assert!(give_back_memory());
+        assert!(give_back_memory());
+        let named = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("list threads")
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim_end() == THREAD_NAME)
+                .count()
+        };
+        // A new thread names itself once it runs: up to 2 s for that.
+        for _ in 0..200 {
+            if named() > 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(named(), 1);
     }
 
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
