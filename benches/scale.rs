@@ -8,7 +8,9 @@
 //! `cargo bench -p tunnel-benches --bench scale` (env: `BENCH_DEVICES`, default
 //! `1,1000,10000`; `BENCH_IDLE`, idle connections, default 1000; `BENCH_GIB`, default 1;
 //! `BENCH_ONLY=devices` runs only the first part; `BENCH_RELAY_BIN`, another relay binary
-//! for the devices part, to A/B it against this build's in one run).
+//! for the devices part, to A/B it against this build's in one run; `BENCH_SETTLE`, seconds
+//! between a step's last registration and its RSS reading, default 1: at 12 or more the
+//! relay has given back what the registrations freed, see `tunnel-memory`).
 //! The fd limit must allow the devices (this machine's is 20 000, two sockets per device in
 //! all: one here, one in the relay).
 
@@ -84,7 +86,7 @@ async fn devices(steps: &[usize]) {
             .map(|(i, t)| (i, ClientConfig::new(addr.clone(), pin).token(t.clone())));
         listeners.extend(register_fleet(clients, CONCURRENT_REGISTRATIONS).await);
         let took = start.elapsed();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(env_or("BENCH_SETTLE", 1))).await;
         let rss = rss_kib(relay.pid());
         println!(
             "{n:>8} {rss:>9} KiB {:>11.1} KiB {:>12.2} s",
