@@ -68,7 +68,10 @@ async fn devices(steps: &[usize]) {
         .env("RUST_LOG", "error");
     let (relay, v) = Proc::start(&mut cmd, &["listening", "pin"], WAIT).await;
     let (addr, pin): (String, SpkiPin) = (v[0].clone(), v[1].parse().expect("pin"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The same wait as before each step's reading, so that base and steps are alike: at
+    // BENCH_SETTLE=12 both are read after the relay gave back what start-up freed.
+    let settle = Duration::from_secs(env_or("BENCH_SETTLE", 1));
+    tokio::time::sleep(settle.max(Duration::from_millis(300))).await;
     let base = rss_kib(relay.pid());
     println!("relay RSS with no device: {base} KiB");
     println!(
@@ -86,7 +89,7 @@ async fn devices(steps: &[usize]) {
             .map(|(i, t)| (i, ClientConfig::new(addr.clone(), pin).token(t.clone())));
         listeners.extend(register_fleet(clients, CONCURRENT_REGISTRATIONS).await);
         let took = start.elapsed();
-        tokio::time::sleep(Duration::from_secs(env_or("BENCH_SETTLE", 1))).await;
+        tokio::time::sleep(settle).await;
         let rss = rss_kib(relay.pid());
         println!(
             "{n:>8} {rss:>9} KiB {:>11.1} KiB {:>12.2} s",
