@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tunnel_core::*;
 use tunnel_testkit::*;
 
@@ -53,13 +52,7 @@ async fn public_port_carries_plain_tcp_to_the_device_service() {
         "listener state reports the same ports"
     );
 
-    let tcp = within(
-        "connect to the public port",
-        WAIT,
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .expect("public port accepts");
+    let tcp = connect_public(port).await;
     let data = Payload::bytes(2, 200_000);
     let back = echo_exchange(tcp, &data).await;
     assert!(
@@ -204,13 +197,7 @@ async fn half_close_on_a_public_port_lets_the_server_reply_in_full() {
     let (_device, public) = start_public_device(&relay, "rpc", server).await;
     let port = public.first().expect("a public port").1;
 
-    let tcp = within(
-        "connect to the public port",
-        WAIT,
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .expect("public port accepts");
+    let tcp = connect_public(port).await;
     let (request_ok, count, digest) = request_reply(tcp, 8, REPLY, 64 * 1024, WAIT).await;
     assert!(request_ok, "the service read the whole request before EOF");
     assert_eq!(count, REPLY, "reply length after half-close");
@@ -381,13 +368,7 @@ async fn a_public_caller_that_resets_reaches_the_service_as_a_reset() {
     let (_device, public) = start_public_device(&relay, "sink", service).await;
     let port = public.first().expect("a public port").1;
 
-    let mut tcp = within(
-        "connect to the public port",
-        WAIT,
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .expect("public port accepts");
+    let mut tcp = connect_public(port).await;
     tcp.write_all(PARTIAL).await.unwrap();
     within("the service reads the first bytes", WAIT, arrived)
         .await

@@ -6,7 +6,6 @@
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tunnel_core::*;
 use tunnel_testkit::*;
 
@@ -170,9 +169,7 @@ async fn a_public_client_that_speaks_first_gets_its_reply_through_the_early_path
     let (_device, public) = start_public_device(&relay, "web", echo).await;
     let port = public[0].1;
     for round in 0..3 {
-        let mut tcp = within("connect", WAIT, TcpStream::connect(("127.0.0.1", port)))
-            .await
-            .expect("public port accepts");
+        let mut tcp = connect_public(port).await;
         // Written at once, before the relay has heard from the device.
         let msg = format!("hello {round}");
         tcp.write_all(msg.as_bytes()).await.expect("write");
@@ -223,13 +220,7 @@ async fn a_public_caller_that_resets_before_the_device_answers_resets_the_device
     relay.wait_online("web-dev").await;
     let port = public.first().expect("a public port").1;
 
-    let mut tcp = within(
-        "connect to the public port",
-        WAIT,
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .expect("public port accepts");
+    let mut tcp = connect_public(port).await;
     tcp.write_all(b"POST /half").await.unwrap();
     let incoming = within("the device hears of the caller", WAIT, listener.accept())
         .await

@@ -221,13 +221,7 @@ async fn public_connection_is_reset_not_closed_when_the_device_dies() {
     let (device, public) = start_public_device(&relay, "web", greet).await;
     let port = public.first().expect("a public port").1;
 
-    let mut tcp = within(
-        "connect to the public port",
-        WAIT,
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .expect("public port accepts");
+    let mut tcp = connect_public(port).await;
     let mut banner = vec![0u8; BANNER.len()];
     within("banner", WAIT, tcp.read_exact(&mut banner))
         .await

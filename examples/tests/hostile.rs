@@ -26,9 +26,9 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tunnel_core::{ClientConfig, DeviceConfig, Dialer, Listener, ListenerState, SpkiPin, Token};
 use tunnel_testkit::{
-    Proc, TestDevice, WAIT, cargo_bins, echo_exchange, eventually, fresh_dir, peak_rss_kib,
-    reset_peak_rss, rss_kib, spawn_echo_server, spawn_greeting_server, spawn_server, start_device,
-    try_start_device, within,
+    Proc, TestDevice, WAIT, cargo_bins, connect_public, echo_exchange, eventually, fresh_dir,
+    peak_rss_kib, reset_peak_rss, rss_kib, spawn_echo_server, spawn_greeting_server, spawn_server,
+    start_device, try_start_device, within,
 };
 
 /// The relay's heartbeat in these tests: a silent session is closed after 3 × 1 s.
@@ -1026,13 +1026,7 @@ async fn public_device(
 
 /// Reads the greeting a public port's service sends first.
 async fn greeting_at(port: u16) -> Vec<u8> {
-    let mut tcp = within(
-        "connect to public port",
-        WAIT,
-        TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .expect("connect to public port");
+    let mut tcp = connect_public(port).await;
     let mut buf = [0u8; 64];
     let n = within("greeting", WAIT, tcp.read(&mut buf))
         .await

@@ -70,7 +70,7 @@ impl Policy {
         self.moved_since_trim && free_held >= TRIM_AT
     }
 
-    /// A trim left `resident` bytes resident and `free_held` free in the allocator.
+    /// A trim left `resident` bytes resident; the allocator still counts `free_held` free.
     fn trimmed(&mut self, free_held: usize, resident: usize) {
         self.last = Some((free_held, resident));
         self.moved_since_trim = false;
@@ -99,7 +99,7 @@ fn start() -> bool {
                 if policy.should_trim(free, before) {
                     glibc::trim();
                     let after = resident_bytes();
-                    policy.trimmed(glibc::free_held(), after);
+                    policy.trimmed(free, after); // a trim leaves chunks free
                     tracing::debug!(free, before, after, "gave freed memory back");
                 }
             }

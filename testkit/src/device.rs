@@ -93,6 +93,17 @@ pub async fn start_public_device(
     (device, public)
 }
 
+/// A TCP connection to a relay's public `port` on loopback, within [`WAIT`].
+pub async fn connect_public(port: u16) -> tokio::net::TcpStream {
+    within(
+        "connect to the public port",
+        WAIT,
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .expect("public port accepts")
+}
+
 /// A forward map from `(service, address)` pairs.
 pub fn targets(services: &[(&str, SocketAddr)]) -> HashMap<String, String> {
     services

@@ -30,7 +30,8 @@ mod wait;
 use std::time::Duration;
 
 pub use device::{
-    TestDevice, connect_dialer, dial, start_device, start_public_device, targets, try_start_device,
+    TestDevice, connect_dialer, connect_public, dial, start_device, start_public_device, targets,
+    try_start_device,
 };
 pub use etcd::{Etcd, which};
 pub use http::{HttpReply, http};
