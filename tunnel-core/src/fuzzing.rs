@@ -108,6 +108,11 @@ pub fn mux_frames(data: &[u8]) {
         open.append(&mut accepted);
         let op = piece[0];
         for &id in &open {
+            // The application accepts a peer's stream (and so acknowledges it) some time
+            // after it arrived.
+            if op & 0x08 != 0 {
+                conn.acknowledge(id);
+            }
             if op & 0x20 == 0 {
                 let mut into = [0u8; 64];
                 let _ = conn.read(id, &mut cx, &mut ReadBuf::new(&mut into));

@@ -57,6 +57,11 @@ impl Stream {
         }
     }
 
+    /// Acknowledges a stream the peer opened, once it is accepted.
+    pub(crate) fn acknowledge(&self) {
+        self.inner.acknowledge();
+    }
+
     /// The opener's answer (a [`Message::Status`]) comes first in the stream and is read
     /// by the first read, within [`STREAM_OPEN_TIMEOUT`]; bytes written before it are
     /// early data.

@@ -28,7 +28,10 @@ pub(crate) const OUT_LIMIT: usize = 128 * 1024;
 /// gets here, since stream data stops at [`OUT_LIMIT`].
 pub(crate) const OUT_HARD_LIMIT: usize = OUT_LIMIT + 1024 * 1024;
 /// Outbound streams the peer has not acknowledged yet past which opens wait (the spec's
-/// suggested backlog; a well-behaved peer acknowledges at once).
+/// suggested backlog). We acknowledge a peer's stream when the application accepts it
+/// ([`Conn::acknowledge`]), not when it arrives: so a peer that opens faster than we
+/// accept waits here, instead of overflowing our accept queue of the same size, which
+/// resets what does not fit.
 pub(crate) const ACK_BACKLOG: usize = 256;
 /// Largest per-stream receive window we grant, whatever the configured session window.
 pub(crate) const MAX_STREAM_WINDOW: u32 = 16 * 1024 * 1024;
@@ -106,6 +109,8 @@ struct Slot {
     syn_pending: bool,
     /// Opened here and not acknowledged by the peer yet (counts in [`Conn::unacked`]).
     unacked: bool,
+    /// Opened by the peer and not acknowledged yet: the application has not accepted it.
+    ack_pending: bool,
     /// We sent FIN.
     local_fin: bool,
     /// The peer sent FIN: reads end once `recv` is drained.
@@ -665,18 +670,36 @@ impl Conn {
             self.push(Header::new(Kind::WindowUpdate, RST, id, 0), &[]);
             return Ok(false);
         }
+        // The peer may send the spec's initial window until our acknowledgement grants
+        // the rest.
         self.streams.insert(
             id,
             Slot {
-                recv_window: self.window,
+                recv_window: INITIAL_WINDOW,
                 send_window: INITIAL_WINDOW,
+                ack_pending: true,
                 ..Slot::default()
             },
         );
-        let extra = self.window - INITIAL_WINDOW;
-        self.push(Header::new(Kind::WindowUpdate, ACK, id, extra), &[]);
         accepted.push(id);
         Ok(true)
+    }
+
+    /// The application accepted a stream the peer opened: acknowledges it, with the rest
+    /// of our window, which frees a slot of the peer's [`ACK_BACKLOG`]. True if a frame
+    /// was queued (the driver must be woken).
+    pub(crate) fn acknowledge(&mut self, id: u32) -> bool {
+        let Some(slot) = self.streams.get_mut(&id) else {
+            return false;
+        };
+        if !slot.ack_pending || slot.reset || self.end.is_some() {
+            return false;
+        }
+        slot.ack_pending = false;
+        let extra = self.window - INITIAL_WINDOW;
+        slot.recv_window += extra;
+        self.push(Header::new(Kind::WindowUpdate, ACK, id, extra), &[]);
+        true
     }
 
     /// Ends the session for every stream and wakes them all. A clean end first queues a
@@ -714,7 +737,13 @@ impl Conn {
                 + slot.recv.len()
                 + slot.taken as usize
                 + slot.consumed as usize;
-            assert_eq!(granted, self.window as usize);
+            // A peer's stream gets the whole window with our acknowledgement.
+            let window = if slot.ack_pending {
+                INITIAL_WINDOW
+            } else {
+                self.window
+            };
+            assert_eq!(granted, window as usize);
         }
         assert!(self.out.len() <= OUT_HARD_LIMIT + 2 * HEADER_LEN);
         assert!(self.streams.len() <= self.max_streams);
@@ -798,11 +827,15 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_stream_is_acknowledged_at_once_and_its_bytes_read_in_order() {
+    fn a_peer_stream_is_acknowledged_once_accepted_and_its_bytes_read_in_order() {
         let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
         let mut bytes = data(SYN, 1, b"hello ");
         bytes.extend(data(0, 1, b"world"));
         assert_eq!(feed(&mut conn, &bytes).unwrap(), [1]);
+        // Not acknowledged until the application accepts it, and only once.
+        assert_eq!(sent(&mut conn), []);
+        assert!(conn.acknowledge(1));
+        assert!(!conn.acknowledge(1));
         assert_eq!(
             sent(&mut conn),
             [Header::new(Kind::WindowUpdate, ACK, 1, 0)]
@@ -814,6 +847,50 @@ mod tests {
         assert!(read_all(&mut conn, 1).is_pending());
         feed(&mut conn, &frame(Kind::WindowUpdate, FIN, 1, &[], 0)).unwrap();
         assert!(matches!(read_all(&mut conn, 1), Poll::Ready(Ok(v)) if v.is_empty()));
+    }
+
+    #[test]
+    fn a_peer_stream_gets_the_initial_window_until_accepted_then_the_whole_one() {
+        let window = 4 * INITIAL_WINDOW;
+        let mut conn = Conn::new(Side::Server, window, 8);
+        let initial = vec![1u8; INITIAL_WINDOW as usize];
+        feed(&mut conn, &data(SYN, 1, &initial)).unwrap();
+        conn.check_invariants();
+        // Over the initial window before our acknowledgement: the peer broke the protocol.
+        let err = feed(&mut conn, &data(0, 1, b"x")).unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::OverWindow { stream: 1, .. }),
+            "{err}"
+        );
+
+        let mut conn = Conn::new(Side::Server, window, 8);
+        feed(&mut conn, &data(SYN, 1, &initial)).unwrap();
+        assert!(conn.acknowledge(1));
+        assert_eq!(
+            sent(&mut conn),
+            [Header::new(
+                Kind::WindowUpdate,
+                ACK,
+                1,
+                window - INITIAL_WINDOW
+            )]
+        );
+        feed(
+            &mut conn,
+            &data(0, 1, &vec![2u8; (window - INITIAL_WINDOW) as usize]),
+        )
+        .unwrap();
+        conn.check_invariants();
+    }
+
+    #[test]
+    fn a_reset_stream_is_never_acknowledged() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        feed(&mut conn, &data(SYN, 1, b"x")).unwrap();
+        feed(&mut conn, &frame(Kind::WindowUpdate, RST, 1, &[], 0)).unwrap();
+        assert!(!conn.acknowledge(1));
+        assert_eq!(sent(&mut conn), []);
+        conn.check_invariants();
     }
 
     #[test]

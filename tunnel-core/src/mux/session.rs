@@ -36,7 +36,8 @@ use crate::stream::Stream;
 use crate::util::lock;
 
 /// Streams the peer opened that we have not accepted yet; beyond this, new ones are reset.
-/// Matches the spec's ACK backlog, so a well-behaved peer never hits it.
+/// Matches the spec's ACK backlog, and a stream is acknowledged only when it leaves this
+/// queue ([`Inbound::recv`]), so a well-behaved peer never hits it.
 const ACCEPT_BACKLOG: usize = 256;
 /// How long a local close may spend flushing the streams' last bytes and the GoAway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -147,9 +148,12 @@ pub(crate) struct Inbound {
 }
 
 impl Inbound {
-    /// The next stream the peer opened; `None` once the session ended.
+    /// The next stream the peer opened, acknowledged now (so the peer may open another);
+    /// `None` once the session ended.
     pub(crate) async fn recv(&mut self) -> Option<Stream> {
-        self.streams.next().await.map(|stream| *stream)
+        let stream = *self.streams.next().await?;
+        stream.acknowledge();
+        Some(stream)
     }
 }
 
@@ -638,5 +642,65 @@ impl StreamPair {
             far: accepted,
             _sessions: [near, far],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Bound on every wait in these tests.
+    const WAIT: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn a_burst_of_opens_past_the_accept_queue_waits_for_accepts_and_loses_none() {
+        // Four times the accept queue, all opened (each with a byte) before the far end
+        // accepts any: those past the queue must wait for the peer's accepts, not be reset.
+        const STREAMS: usize = 4 * ACCEPT_BACKLOG;
+        let limits = Limits::for_streams(2 * STREAMS);
+        let (a, b) = tokio::io::duplex(1024 * 1024);
+        let (near, _near_inbound) = Session::spawn(
+            a,
+            &limits,
+            Opener::Local,
+            Side::Client,
+            tracing::Span::none(),
+        );
+        let (_far, mut far_inbound) = Session::spawn(
+            b,
+            &limits,
+            Opener::Remote,
+            Side::Server,
+            tracing::Span::none(),
+        );
+        let opener = tokio::spawn(async move {
+            let mut streams = Vec::with_capacity(STREAMS);
+            for i in 0..STREAMS {
+                let mut stream = near.open().await.expect("open");
+                stream.write_all(&[i as u8]).await.expect("first byte");
+                streams.push(stream);
+            }
+            streams
+        });
+        // Lets the opener run into the backlog while nothing is accepted.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for i in 0..STREAMS {
+            let mut stream = tokio::time::timeout(WAIT, far_inbound.recv())
+                .await
+                .expect("accept in time")
+                .expect("a stream");
+            let mut byte = [0u8];
+            tokio::time::timeout(WAIT, stream.read_exact(&mut byte))
+                .await
+                .expect("first byte in time")
+                .unwrap_or_else(|e| panic!("stream {i} lost its first byte: {e}"));
+            assert_eq!(byte[0], i as u8, "streams arrive in the order opened");
+        }
+        let streams = tokio::time::timeout(WAIT, opener).await.unwrap().unwrap();
+        assert_eq!(streams.len(), STREAMS);
     }
 }

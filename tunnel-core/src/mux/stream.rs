@@ -35,6 +35,11 @@ impl RawStream {
         self.id
     }
 
+    /// The application accepted this stream the peer opened: see [`Conn::acknowledge`].
+    pub(crate) fn acknowledge(&self) {
+        self.with(|conn| conn.acknowledge(self.id));
+    }
+
     /// Takes the stream's buffered bytes whole: see [`Conn::take`].
     pub(crate) fn poll_take(
         &self,
