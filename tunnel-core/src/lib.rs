@@ -79,8 +79,9 @@
 //! # Features
 //!
 //! - `ring` (default): the rustls crypto provider.
-//! - `aws-lc-rs`: use aws-lc-rs instead (post-quantum key exchange, FIPS path); build with
-//!   `default-features = false`.
+//! - `aws-lc-rs`: use aws-lc-rs instead (post-quantum key exchange, FIPS path, faster
+//!   AES-GCM: the binaries in `examples/` use it). Enabling it selects it even when `ring`
+//!   stays on as a default feature; `default-features = false` just saves building ring.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

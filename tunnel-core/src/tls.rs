@@ -30,12 +30,14 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
-/// The enabled provider's defaults, as rustls ships them.
+/// The enabled provider's defaults, as rustls ships them: aws-lc-rs when its feature is
+/// on, which is the one a build asks for by name (`ring` is a default feature, and
+/// default features are hard to turn off deep in a dependency tree).
 fn enabled_provider() -> CryptoProvider {
-    #[cfg(feature = "ring")]
-    return rustls::crypto::ring::default_provider();
-    #[cfg(all(feature = "aws-lc-rs", not(feature = "ring")))]
+    #[cfg(feature = "aws-lc-rs")]
     return rustls::crypto::aws_lc_rs::default_provider();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    return rustls::crypto::ring::default_provider();
 }
 
 /// Moves TLS13_AES_128_GCM_SHA256 to the front, keeping the others in their order.
@@ -491,7 +493,10 @@ mod tests {
     }
 
     /// The cipher suite both ends agree on when `client` dials the relay's configuration.
-    async fn negotiated(client: Arc<rustls::ClientConfig>, id: &TlsIdentity) -> rustls::CipherSuite {
+    async fn negotiated(
+        client: Arc<rustls::ClientConfig>,
+        id: &TlsIdentity,
+    ) -> rustls::CipherSuite {
         let server = server_config(id, None).unwrap();
         let (a, b) = tokio::io::duplex(64 * 1024);
         let accept = tokio_rustls::TlsAcceptor::from(server).accept(b);
@@ -499,8 +504,21 @@ mod tests {
         let connect = tokio_rustls::TlsConnector::from(client).connect(name, a);
         let (server, client) = tokio::join!(accept, connect);
         let (server, client) = (server.unwrap(), client.unwrap());
-        let suite = client.get_ref().1.negotiated_cipher_suite().unwrap().suite();
-        assert_eq!(server.get_ref().1.negotiated_cipher_suite().unwrap().suite(), suite);
+        let suite = client
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .unwrap()
+            .suite();
+        assert_eq!(
+            server
+                .get_ref()
+                .1
+                .negotiated_cipher_suite()
+                .unwrap()
+                .suite(),
+            suite
+        );
         suite
     }
 
@@ -519,9 +537,9 @@ mod tests {
         // An older build of this project offered rustls's default order.
         let id = TlsIdentity::generate_self_signed(&["localhost"]).unwrap();
         let mut default = enabled_provider();
-        default.cipher_suites.sort_by_key(|s| {
-            s.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
-        });
+        default
+            .cipher_suites
+            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
         let default = Arc::new(default);
         let client = rustls::ClientConfig::builder_with_provider(default.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
