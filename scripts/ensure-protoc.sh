@@ -7,11 +7,12 @@
 # says what to install.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
-if [ -n "${PROTOC:-}" ]; then exit 0; fi
-# protoc finds the well-known types beside itself (../include) or in /usr/include.
+# protoc finds the well-known types beside itself (../include), in /usr/include, or where
+# PROTOC_INCLUDE says.
 have() {
-  command -v protoc >/dev/null || return 1
-  local dir; dir=$(dirname "$(readlink -f "$(command -v protoc)")")
+  local protoc=${PROTOC:-protoc}
+  command -v "$protoc" >/dev/null || return 1
+  local dir; dir=$(dirname "$(readlink -f "$(command -v "$protoc")")")
   [ -f "$dir/../include/google/protobuf/descriptor.proto" ] ||
     [ -f /usr/include/google/protobuf/descriptor.proto ] ||
     [ -n "${PROTOC_INCLUDE:-}" ]

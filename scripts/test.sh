@@ -38,6 +38,10 @@ echo "== cargo test"
 # suite and the Python tests below run them from target/debug, so build them explicitly.
 cargo build --quiet -p tunnel-examples --bins
 cargo test --workspace --quiet
+# The workspace unifies features, so the tests above run tunnel-core on aws-lc-rs (the
+# binaries' provider); the library's default provider, ring, gets its own run.
+echo "== tunnel-core alone, on its default crypto provider (ring)"
+cargo test --quiet -p tunnel-core --lib
 
 echo "== docs"
 RUSTDOCFLAGS="-D warnings" cargo doc --quiet -p tunnel-core -p tunnel-server --no-deps

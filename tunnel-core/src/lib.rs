@@ -79,8 +79,9 @@
 //! # Features
 //!
 //! - `ring` (default): the rustls crypto provider.
-//! - `aws-lc-rs`: use aws-lc-rs instead (post-quantum key exchange, FIPS path, faster
-//!   AES-GCM: the binaries in `examples/` use it). Enabling it selects it even when `ring`
+//! - `aws-lc-rs`: use aws-lc-rs instead (faster AES-GCM: the binaries in `examples/` and
+//!   the Python wheel use it; FIPS path; a post-quantum key exchange, offered last unless
+//!   rustls's `prefer-post-quantum` feature is on). Enabling it selects it even when `ring`
 //!   stays on as a default feature; `default-features = false` just saves building ring.
 
 #![forbid(unsafe_code)]

@@ -513,7 +513,10 @@ impl Conn {
         }
         let finished = slot.local_fin && slot.remote_fin;
         if self.end.is_none() && !slot.syn_pending && !slot.reset && !finished {
-            self.push(Header::new(Kind::WindowUpdate, RST, id, 0), &[]);
+            // A peer's stream dropped before it was accepted is acknowledged with its
+            // reset, so the peer's backlog and meter see a stream it knows end.
+            let flags = if slot.ack_pending { RST | ACK } else { RST };
+            self.push(Header::new(Kind::WindowUpdate, flags, id, 0), &[]);
         }
     }
 
@@ -653,8 +656,9 @@ impl Conn {
         Ok(())
     }
 
-    /// A SYN from the peer: true if the stream is now open (and acknowledged), false if it
-    /// was refused with a reset (too many streams, or the session is closing).
+    /// A SYN from the peer: true if the stream is now open (acknowledged later, when the
+    /// application accepts it: [`Conn::acknowledge`]), false if it was refused with a
+    /// reset (too many streams, or the session is closing).
     fn accept(&mut self, id: u32, accepted: &mut Vec<u32>) -> Result<bool, ProtocolError> {
         let ours = match self.side {
             Side::Client => !id.is_multiple_of(2),
@@ -881,6 +885,17 @@ mod tests {
         )
         .unwrap();
         conn.check_invariants();
+    }
+
+    #[test]
+    fn a_stream_dropped_before_it_was_accepted_is_acknowledged_with_its_reset() {
+        let mut conn = Conn::new(Side::Server, INITIAL_WINDOW, 8);
+        feed(&mut conn, &data(SYN, 1, b"x")).unwrap();
+        conn.drop_stream(1);
+        assert_eq!(
+            sent(&mut conn),
+            [Header::new(Kind::WindowUpdate, RST | ACK, 1, 0)]
+        );
     }
 
     #[test]

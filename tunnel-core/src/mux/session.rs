@@ -35,10 +35,6 @@ use crate::protocol::STREAM_OPEN_TIMEOUT;
 use crate::stream::Stream;
 use crate::util::lock;
 
-/// Streams the peer opened that we have not accepted yet; beyond this, new ones are reset.
-/// Matches the spec's ACK backlog, and a stream is acknowledged only when it leaves this
-/// queue ([`Inbound::recv`]), so a well-behaved peer never hits it.
-const ACCEPT_BACKLOG: usize = 256;
 /// How long a local close may spend flushing the streams' last bytes and the GoAway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Iterations of the driver loop before it yields to the scheduler.
@@ -136,7 +132,12 @@ pub(crate) struct Session {
     _handles: Arc<Handles>,
 }
 
-/// Streams opened by the peer, in a bounded queue of [`ACCEPT_BACKLOG`].
+/// Streams opened by the peer and not accepted yet, in a queue bounded by the session's
+/// stream limit: each queued stream holds one of its permits, so the queue never refuses
+/// one. A stream is acknowledged only when it leaves the queue ([`Inbound::recv`]), so a
+/// peer that honours the spec's ACK backlog ([`ACK_BACKLOG`](super::conn::ACK_BACKLOG))
+/// has at most 256 here, and
+/// one that opens faster than we accept waits for us.
 ///
 /// A `futures` channel, which allocates per message, not tokio's: a tokio channel allocates
 /// its first block of 32 slots when it is created, used or not, and pads its shared state to
@@ -268,8 +269,9 @@ impl Session {
             acks: Notify::new(),
             handles_gone: AtomicBool::new(false),
         });
-        // A futures channel holds `buffer` + one per sender: the driver is the only one.
-        let (in_tx, in_rx) = mpsc::channel(ACCEPT_BACKLOG - 1);
+        // A futures channel holds `buffer` + one per sender (the driver): room for every
+        // permit, so a stream that got one always fits. It allocates per message only.
+        let (in_tx, in_rx) = mpsc::channel(permits);
         let done = CancellationToken::new();
         let close = CancellationToken::new();
         let handles = Arc::new(Handles(state.clone()));
@@ -508,7 +510,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             };
             let stream = Stream::new(raw, self.state.clone(), permit);
             if self.inbound.try_send(Box::new(stream)).is_err() {
-                debug!("accept backlog full or closed; resetting inbound stream");
+                // The queue has room for every permit: only a dropped receiver gets here.
+                debug!("no longer accepting; resetting inbound stream");
             }
         }
         if went_away {
@@ -651,6 +654,7 @@ mod tests {
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use super::super::conn::ACK_BACKLOG;
     use super::*;
 
     /// Bound on every wait in these tests.
@@ -660,7 +664,7 @@ mod tests {
     async fn a_burst_of_opens_past_the_accept_queue_waits_for_accepts_and_loses_none() {
         // Four times the accept queue, all opened (each with a byte) before the far end
         // accepts any: those past the queue must wait for the peer's accepts, not be reset.
-        const STREAMS: usize = 4 * ACCEPT_BACKLOG;
+        const STREAMS: usize = 4 * ACK_BACKLOG;
         let limits = Limits::for_streams(2 * STREAMS);
         let (a, b) = tokio::io::duplex(1024 * 1024);
         let (near, _near_inbound) = Session::spawn(
@@ -677,17 +681,25 @@ mod tests {
             Side::Server,
             tracing::Span::none(),
         );
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = opened.clone();
         let opener = tokio::spawn(async move {
             let mut streams = Vec::with_capacity(STREAMS);
             for i in 0..STREAMS {
                 let mut stream = near.open().await.expect("open");
                 stream.write_all(&[i as u8]).await.expect("first byte");
+                counter.fetch_add(1, Ordering::Relaxed);
                 streams.push(stream);
             }
             streams
         });
-        // Lets the opener run into the backlog while nothing is accepted.
+        // Lets the opener run into the backlog while nothing is accepted: it stops there.
         tokio::time::sleep(Duration::from_millis(300)).await;
+        let before_accepts = opened.load(Ordering::Relaxed);
+        assert!(
+            (1..=ACK_BACKLOG).contains(&before_accepts),
+            "{before_accepts} streams opened before any was accepted"
+        );
         for i in 0..STREAMS {
             let mut stream = tokio::time::timeout(WAIT, far_inbound.recv())
                 .await
