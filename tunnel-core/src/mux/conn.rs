@@ -690,8 +690,8 @@ impl Conn {
     }
 
     /// The application accepted a stream the peer opened: acknowledges it, with the rest
-    /// of our window, which frees a slot of the peer's [`ACK_BACKLOG`]. True if a frame
-    /// was queued (the driver must be woken).
+    /// of our window, which frees a slot of the peer's [`ACK_BACKLOG`]. True if it queued
+    /// the acknowledgement; false for a stream already acknowledged, reset or ended.
     pub(crate) fn acknowledge(&mut self, id: u32) -> bool {
         let Some(slot) = self.streams.get_mut(&id) else {
             return false;

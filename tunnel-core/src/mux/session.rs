@@ -136,8 +136,7 @@ pub(crate) struct Session {
 /// stream limit: each queued stream holds one of its permits, so the queue never refuses
 /// one. A stream is acknowledged only when it leaves the queue ([`Inbound::recv`]), so a
 /// peer that honours the spec's ACK backlog ([`ACK_BACKLOG`](super::conn::ACK_BACKLOG))
-/// has at most 256 here, and
-/// one that opens faster than we accept waits for us.
+/// has at most 256 here, and one that opens faster than we accept waits for us.
 ///
 /// A `futures` channel, which allocates per message, not tokio's: a tokio channel allocates
 /// its first block of 32 slots when it is created, used or not, and pads its shared state to
