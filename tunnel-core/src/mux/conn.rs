@@ -184,7 +184,7 @@ impl Conn {
 
     /// Opens a stream; the peer learns of it with the stream's first frame.
     pub(crate) fn open(&mut self) -> Result<u32, OpenFail> {
-        if self.end.is_some() || self.go_away {
+        if self.refuses_opens() {
             return Err(OpenFail::Closed);
         }
         if self.unacked >= ACK_BACKLOG {
@@ -721,6 +721,12 @@ impl Conn {
             wake(&mut slot.reader, &mut self.wake);
             wake(&mut slot.writer, &mut self.wake);
         }
+    }
+
+    /// No stream can open any more: the session ended or the peer sent GoAway (before
+    /// the driver has stopped).
+    pub(crate) fn refuses_opens(&self) -> bool {
+        self.end.is_some() || self.go_away
     }
 
     /// The peer sent GoAway.

@@ -342,8 +342,10 @@ impl Session {
         }
     }
 
+    /// The session takes no new stream: closed, ended, or the peer said GoAway (a caller
+    /// that finds it so opens a fresh session rather than retrying this one).
     pub(crate) fn is_closed(&self) -> bool {
-        self.done.is_cancelled() || self.state.is_dead()
+        self.done.is_cancelled() || self.state.is_dead() || lock(&self.state.conn).refuses_opens()
     }
 }
 
@@ -658,6 +660,44 @@ mod tests {
 
     /// Bound on every wait in these tests.
     const WAIT: Duration = Duration::from_secs(20);
+
+    #[tokio::test]
+    async fn a_session_whose_peer_said_go_away_is_closed_while_its_driver_still_flushes() {
+        use super::super::frame::{Header, Kind};
+        // A pipe the raw peer never reads: after the GoAway, the driver spends its
+        // CLOSE_TIMEOUT trying to flush, and a caller must not take the session as open
+        // meanwhile (the Dialer would retry its open on it and fail again).
+        let (a, mut peer) = tokio::io::duplex(4096);
+        let (near, _inbound) = Session::spawn(
+            a,
+            &Limits::default(),
+            Opener::Local,
+            Side::Client,
+            tracing::Span::none(),
+        );
+        let mut stream = near.open().await.expect("open");
+        stream.write_all(&[7u8; 64 * 1024]).await.expect("queued");
+        peer.write_all(&Header::new(Kind::GoAway, 0, 0, GO_AWAY_NORMAL).encode())
+            .await
+            .expect("go away");
+        let refused = tokio::time::timeout(WAIT, async {
+            loop {
+                match near.open().await {
+                    Err(e) => return e,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        })
+        .await
+        .expect("opens are refused in time");
+        assert!(matches!(refused, OpenError::Closed), "{refused:?}");
+        assert!(
+            !near.done.is_cancelled(),
+            "the driver is still flushing (the case under test)"
+        );
+        assert!(near.is_closed());
+        drop(peer);
+    }
 
     #[tokio::test]
     async fn a_burst_of_opens_past_the_accept_queue_waits_for_accepts_and_loses_none() {
