@@ -15,18 +15,25 @@ use sha2::{Digest, Sha256};
 use crate::error::ConfigError;
 use crate::protocol::ALPN_ALL;
 
-/// The crypto provider of every configuration: the enabled one's defaults, with
-/// TLS13_AES_128_GCM_SHA256 offered first.
+/// The crypto provider of every configuration: the enabled one's defaults, with the suite
+/// that is fastest on this CPU offered first.
 ///
-/// rustls offers AES-256-GCM first. AES-128-GCM is TLS 1.3's mandatory suite, the first
-/// choice of Go's TLS on CPUs with AES instructions, and 10 rounds against 14: it seals a
-/// 16 KiB record 1.06–1.2× faster on the bench machine, and every byte of a tunnel is
-/// sealed and opened once per TLS hop (the private path has two hops: A/B in
-/// benches/RESULTS.md 5.16). The client's order decides (rustls's default server), so
-/// older peers still get AES-256-GCM; no suite is removed.
+/// - **With AES instructions** (x86 AES-NI and PCLMULQDQ, Armv8 AES and PMULL):
+///   TLS13_AES_128_GCM_SHA256 first. rustls offers AES-256-GCM first; AES-128-GCM is TLS
+///   1.3's mandatory suite, Go's first choice on such CPUs, and 10 rounds against 14: it
+///   seals a 16 KiB record 1.06–1.2× faster on the bench machine, and every byte of a tunnel
+///   is sealed and opened once per TLS hop (benches/RESULTS.md 5.16).
+/// - **Without them** (Raspberry Pi 4 and earlier, many IoT SoCs, 32-bit Arm, where the
+///   check is not available): TLS13_CHACHA20_POLY1305_SHA256 first. AES in software is
+///   several times slower there than ChaCha20, and it is the device that encrypts most of
+///   its bytes (Go and BoringSSL choose the same way; RESULTS.md 5.18).
+///
+/// The client's order decides (rustls's default server), so a device without AES gets
+/// ChaCha20 from a relay that has AES, at some CPU cost to the relay, and older peers
+/// still get AES-256-GCM. No suite is removed.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
     let mut provider = enabled_provider();
-    prefer_aes_128(&mut provider.cipher_suites);
+    order_suites(&mut provider.cipher_suites, cpu_has_aes());
     Arc::new(provider)
 }
 
@@ -40,12 +47,28 @@ fn enabled_provider() -> CryptoProvider {
     return rustls::crypto::ring::default_provider();
 }
 
-/// Moves TLS13_AES_128_GCM_SHA256 to the front, keeping the others in their order.
-fn prefer_aes_128(suites: &mut [rustls::SupportedCipherSuite]) {
-    if let Some(at) = suites
-        .iter()
-        .position(|s| s.suite() == rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
-    {
+/// Whether this CPU has the instructions that make AES-GCM fast (checked at run time:
+/// one binary serves CPUs with and without them).
+fn cpu_has_aes() -> bool {
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    return std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    // Rust's "aes" on aarch64 is FEAT_AES with FEAT_PMULL (GHASH's multiply).
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("aes");
+    #[cfg(not(any(target_arch = "x86", target_arch = "x86_64", target_arch = "aarch64")))]
+    return false;
+}
+
+/// Moves AES-128-GCM (`aes_in_hardware`) or ChaCha20-Poly1305 to the front, keeping the
+/// others in their order.
+fn order_suites(suites: &mut [rustls::SupportedCipherSuite], aes_in_hardware: bool) {
+    let first = if aes_in_hardware {
+        rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+    } else {
+        rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+    };
+    if let Some(at) = suites.iter().position(|s| s.suite() == first) {
         suites[..=at].rotate_right(1);
     }
 }
@@ -523,54 +546,71 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn our_peers_agree_on_aes_128_gcm() {
+    async fn our_peers_agree_on_the_suite_this_cpu_runs_fastest() {
         let id = TlsIdentity::generate_self_signed(&["localhost"]).unwrap();
         let client = client_config(&RelayTrust::Pin(id.pin().unwrap()), None).unwrap();
-        assert_eq!(
-            negotiated(client, &id).await,
+        let expected = if cpu_has_aes() {
             rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-        );
+        } else {
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256
+        };
+        assert_eq!(negotiated(client, &id).await, expected);
+    }
+
+    /// A client pinning `id` that offers `first` first, then the provider's defaults.
+    fn client_preferring(
+        id: &TlsIdentity,
+        first: rustls::CipherSuite,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut provider = enabled_provider();
+        provider.cipher_suites.sort_by_key(|s| s.suite() != first);
+        let provider = Arc::new(provider);
+        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier {
+                pin: id.pin().unwrap(),
+                provider,
+            }))
+            .with_no_client_auth();
+        Arc::new(client)
     }
 
     #[tokio::test]
     async fn a_peer_preferring_aes_256_gcm_still_gets_it() {
         // An older build of this project offered rustls's default order.
         let id = TlsIdentity::generate_self_signed(&["localhost"]).unwrap();
-        let mut default = enabled_provider();
-        default
-            .cipher_suites
-            .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_256_GCM_SHA384);
-        let default = Arc::new(default);
-        let client = rustls::ClientConfig::builder_with_provider(default.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinVerifier {
-                pin: id.pin().unwrap(),
-                provider: default,
-            }))
-            .with_no_client_auth();
-        assert_eq!(
-            negotiated(Arc::new(client), &id).await,
-            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
-        );
+        let suite = rustls::CipherSuite::TLS13_AES_256_GCM_SHA384;
+        assert_eq!(negotiated(client_preferring(&id, suite), &id).await, suite);
+    }
+
+    #[tokio::test]
+    async fn a_device_without_aes_instructions_gets_chacha20_from_a_relay_that_has_them() {
+        // The relay's own order (AES-128-GCM first here) must not override the device's.
+        let id = TlsIdentity::generate_self_signed(&["localhost"]).unwrap();
+        let suite = rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256;
+        assert_eq!(negotiated(client_preferring(&id, suite), &id).await, suite);
     }
 
     #[test]
-    fn aes_128_gcm_moves_first_and_the_rest_keep_their_order() {
-        let mut suites = enabled_provider().cipher_suites;
-        let before: Vec<_> = suites.iter().map(|s| s.suite()).collect();
-        prefer_aes_128(&mut suites);
-        let after: Vec<_> = suites.iter().map(|s| s.suite()).collect();
-        assert_eq!(after[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
-        assert_eq!(after.len(), before.len());
-        let rest = |v: &[rustls::CipherSuite]| -> Vec<rustls::CipherSuite> {
-            v.iter()
-                .copied()
-                .filter(|s| *s != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
-                .collect()
-        };
-        assert_eq!(rest(&after), rest(&before));
+    fn the_cpu_picks_the_first_suite_and_the_rest_keep_their_order() {
+        use rustls::CipherSuite::{TLS13_AES_128_GCM_SHA256, TLS13_CHACHA20_POLY1305_SHA256};
+        for (aes, first) in [
+            (true, TLS13_AES_128_GCM_SHA256),
+            (false, TLS13_CHACHA20_POLY1305_SHA256),
+        ] {
+            let mut suites = enabled_provider().cipher_suites;
+            let before: Vec<_> = suites.iter().map(|s| s.suite()).collect();
+            order_suites(&mut suites, aes);
+            let after: Vec<_> = suites.iter().map(|s| s.suite()).collect();
+            assert_eq!(after[0], first, "aes in hardware: {aes}");
+            assert_eq!(after.len(), before.len());
+            let rest = |v: &[rustls::CipherSuite]| -> Vec<rustls::CipherSuite> {
+                v.iter().copied().filter(|s| *s != first).collect()
+            };
+            assert_eq!(rest(&after), rest(&before));
+        }
     }
 
     #[test]
