@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the same workloads (tunnel-loadgen) against plain TCP, socat, bore, rathole (tcp and
-# tls), ssh -R and the tunnel (public port, and private access through tunnel-access), all on
+# tls), ssh -R and the tunnel (public port; private access through tunnel-access; private
+# access with the library's Dialer inside the load generator, `tunnel-dialer`), all on
 # loopback, and prints one table of medians with ratios to plain TCP.
 #
 #   benches/compare.sh            # everything (about 10 minutes on a 2-core machine)
@@ -21,7 +22,7 @@ ROOT=$PWD
 BYTES=${BYTES:-1073741824}
 RUNS=${RUNS:-3}
 IDLE=${IDLE:-1000}
-ONLY=${ONLY:-"tcp socat bore rathole-tcp rathole-tls ssh-R tunnel-public tunnel-private"}
+ONLY=${ONLY:-"tcp socat bore rathole-tcp rathole-tls ssh-R tunnel-public tunnel-private tunnel-dialer"}
 TOOLS=$ROOT/target/compare-tools
 WORK=$(mktemp -d /tmp/tunnel-compare.XXXXXX)
 PIDS=()
@@ -79,12 +80,15 @@ SINK=$(wait_line "$WORK/servers.log" sink)
 ECHO=$(wait_line "$WORK/servers.log" echo)
 
 ROWS=$WORK/rows.tsv
-run() { # NAME SINK ECHO [PID] [extra loadgen args]
-  local name=$1 sink=$2 echo=$3 pid=${4:-}; shift 3; [ $# -gt 0 ] && shift
-  { wait_port "$sink" && wait_port "$echo"; } || { echo "$name: not reachable, skipped" >&2; return 0; }
+run() { # NAME SINK ECHO [PID] [extra loadgen args]; SINK and ECHO "-": the extra args say where
+  local name=$1 sink=$2 echo=$3 pid=${4:-} targets=(); shift 3; [ $# -gt 0 ] && shift
+  if [ "$sink" != - ]; then
+    { wait_port "$sink" && wait_port "$echo"; } || { echo "$name: not reachable, skipped" >&2; return 0; }
+    targets=(--sink "$sink" --echo "$echo")
+  fi
   sleep 1
   echo "== $name" >&2
-  "$BIN/tunnel-loadgen" run --name "$name" --sink "$sink" --echo "$echo" --bytes "$BYTES" \
+  "$BIN/tunnel-loadgen" run --name "$name" "${targets[@]}" --bytes "$BYTES" \
     --runs "$RUNS" --idle "$IDLE" ${pid:+--pid "$pid"} "$@" | tee -a "$ROWS" >&2 \
     || { local kept; kept=$ROOT/target/compare-failures/$name-$(date -u +%Y%m%dT%H%M%S)
          mkdir -p "$kept" && cp "$WORK"/*.log "$kept"/
@@ -197,7 +201,7 @@ EOF
   stop_all_but_servers
 fi
 
-tunnel() { # KIND (public|private)
+tunnel() { # KIND (public|private|dialer)
   "$BIN/tunnel-relay" token new --file "$WORK/tokens.toml" --name dev --device bench --public >"$WORK/dev.token" 2>/dev/null
   "$BIN/tunnel-relay" token new --file "$WORK/tokens.toml" --name acc --access 'bench/*' >"$WORK/acc.token" 2>/dev/null
   start relay env "${TENV[@]}" "$BIN/tunnel-relay" serve --listen 127.0.0.1:0 --tokens "$WORK/tokens.toml" \
@@ -211,6 +215,9 @@ tunnel() { # KIND (public|private)
   if [ "$1" = public ]; then
     run tunnel-public "127.0.0.1:$(wait_line "$WORK/agent.log" 'public sink')" \
       "127.0.0.1:$(wait_line "$WORK/agent.log" 'public echo')" "$relay_pid"
+  elif [ "$1" = dialer ]; then
+    wait_line "$WORK/agent.log" 'public sink' >/dev/null
+    run tunnel-dialer - - "$relay_pid" --device bench --relay "$relay" --pin "$pin" --token-file "$WORK/acc.token"
   else
     wait_line "$WORK/agent.log" 'public sink' >/dev/null
     start access1 env "${TENV[@]}" "$BIN/tunnel-access" "${common[@]}" --token-file "$WORK/acc.token" --device bench --service sink --listen 127.0.0.1:0
@@ -222,6 +229,7 @@ tunnel() { # KIND (public|private)
 }
 if enabled tunnel-public; then tunnel public; fi
 if enabled tunnel-private; then tunnel private; fi
+if enabled tunnel-dialer; then tunnel dialer; fi
 
 [ -z "${ROWS_OUT:-}" ] || cat "$ROWS" >>"$ROWS_OUT"
 echo

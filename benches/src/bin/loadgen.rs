@@ -5,7 +5,12 @@
 //! ```text
 //! tunnel-loadgen servers                  # prints `sink ADDR` and `echo ADDR`, runs until killed
 //! tunnel-loadgen run --name ssh-R --sink 127.0.0.1:20001 --echo 127.0.0.1:20002 [--pid P]
+//! tunnel-loadgen run --name tunnel-dialer --device bench --relay 127.0.0.1:7000 \
+//!     --pin sha256:… --token-file acc.token [--pid P]
 //! ```
+//! With `--device`, the workloads dial the device's `sink` and `echo` services through the
+//! relay with the library's `Dialer` in this process (`dial_early`, as `tunnel-access`
+//! does), instead of connecting to forwarded TCP addresses.
 //! `run` prints one tab-separated line: name, single-stream MB/s, rtt p50 and p99 (µs),
 //! first-byte p50 (µs), aggregate echo MB/s over 100 and over 1000 connections with the
 //! slowest/median stream time ratio of each, RSS KiB per idle connection of process `P`, the
@@ -13,6 +18,8 @@
 //! the load has passed: every connection closed, `--settle` seconds later.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,6 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tunnel_benches::servers::Servers;
 use tunnel_benches::workload::{Duplex, Target, aggregate_echo, first_byte, round_trips, transfer};
 use tunnel_benches::{median, percentile};
+use tunnel_core::{ClientConfig, Dialer, RelayTrust, SpkiPin, Token};
 use tunnel_testkit::{cpu_secs, rss_kib};
 
 #[derive(Parser)]
@@ -44,11 +52,23 @@ struct RunArgs {
     #[arg(long)]
     name: String,
     /// Address forwarding to the sink.
-    #[arg(long)]
-    sink: SocketAddr,
+    #[arg(long, required_unless_present = "device", conflicts_with = "device")]
+    sink: Option<SocketAddr>,
     /// Address forwarding to the echo server.
+    #[arg(long, required_unless_present = "device", conflicts_with = "device")]
+    echo: Option<SocketAddr>,
+    /// Dial this device's `sink` and `echo` services with the library's `Dialer` instead.
+    #[arg(long, requires_all = ["relay", "pin", "token_file"])]
+    device: Option<String>,
+    /// With --device: the relay, HOST:PORT.
     #[arg(long)]
-    echo: SocketAddr,
+    relay: Option<String>,
+    /// With --device: the relay's public-key pin (sha256:<hex>).
+    #[arg(long)]
+    pin: Option<SpkiPin>,
+    /// With --device: a file holding an access token for the device.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Bytes of the single-stream transfer.
     #[arg(long, default_value_t = 1 << 30)]
     bytes: u64,
@@ -95,8 +115,7 @@ fn main() -> anyhow::Result<()> {
 const MB: f64 = 1e6;
 
 async fn run(a: RunArgs) -> anyhow::Result<()> {
-    let sink = Target::Tcp(a.sink);
-    let echo = Target::Tcp(a.echo);
+    let (sink, echo) = targets(&a).await?;
     // Warm up (ssh and others set up forwarding lazily).
     transfer(&sink, 1, 1 << 20)
         .await
@@ -173,6 +192,36 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         us(percentile(&mut first, 50.0)),
     );
     Ok(())
+}
+
+/// The sink and the echo server: forwarded TCP addresses, or a device's services through
+/// a `Dialer` (one session, as an application embedding the library would hold).
+async fn targets(a: &RunArgs) -> anyhow::Result<(Target, Target)> {
+    let (Some(device), Some(relay), Some(pin), Some(token_file)) =
+        (&a.device, &a.relay, a.pin, &a.token_file)
+    else {
+        let (Some(sink), Some(echo)) = (a.sink, a.echo) else {
+            anyhow::bail!(
+                "give --sink and --echo, or --device with --relay, --pin and --token-file"
+            );
+        };
+        return Ok((Target::Tcp(sink), Target::Tcp(echo)));
+    };
+    let token = std::fs::read_to_string(token_file)
+        .with_context(|| format!("reading {}", token_file.display()))?;
+    let config = ClientConfig::new(relay.clone(), RelayTrust::Pin(pin)).token(Token::new(token));
+    let dialer = Arc::new(
+        tokio::time::timeout(Duration::from_secs(30), Dialer::connect(config))
+            .await
+            .context("connecting to the relay: timed out")?
+            .context("connecting to the relay")?,
+    );
+    let service = |name: &str| Target::Early {
+        dialer: dialer.clone(),
+        device: device.clone(),
+        service: name.to_owned(),
+    };
+    Ok((service("sink"), service("echo")))
 }
 
 /// RSS growth of `pid` per idle connection (each proven open by one echoed byte).
