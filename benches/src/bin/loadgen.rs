@@ -43,7 +43,7 @@ enum Cmd {
     /// Start a sink (counts bytes, replies with the count) and an echo server.
     Servers,
     /// Run every workload against one forwarder.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args)]
@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
             .worker_threads(2)
             .enable_all()
             .build()?
-            .block_on(run(args)),
+            .block_on(run(*args)),
     }
 }
 
